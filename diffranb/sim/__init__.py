@@ -1,0 +1,1 @@
+"""The diffraction simulator: nanoBragg's physics, written for speed."""
