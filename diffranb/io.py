@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sim.amorphous import Background
+from .sim.amorphous import Background, Sample
 from .sim.crystal import Crystal, StructureFactors
 from .sim.detector import DetectorResponse
 from .sim.geometry import Beam, Detector
@@ -65,9 +65,9 @@ def load_case(source) -> tuple[Scene, int]:
         # nonBragg's polarisation factor is the unpolarised one, K = 0.
         beam = Beam(wavelength_A=case["wavelength_A"], flux_ph_per_s=case["flux_ph_per_s"],
                     exposure_s=case["exposure_s"], beamsize_mm=case["beamsize_mm"], kahn_polarization=0.0)
-        background = Background.from_material(AMORPHOUS_TABLES[table], thickness_mm=case["sample_thickness_mm"],
-                                              density_g_cm3=case["density_g_cm3"],
-                                              molecular_weight=case["molecular_weight"])
+        sample = Sample(AMORPHOUS_TABLES[table], thickness_mm=case["sample_thickness_mm"],
+                        density_g_cm3=case["density_g_cm3"], molecular_weight=case["molecular_weight"])
+        background = Background(others=(sample,))
         return Scene(detector=detector, beam=beam, background=background), 0
     raise ValueError(f"program = {program!r}: must be 'nanoBragg' or 'nonBragg'")
 

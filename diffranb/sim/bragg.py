@@ -302,3 +302,86 @@ def bragg_fast(crystal: Crystal, beam: Beam, detector: Detector, *, pixel_factor
     if pixel_factors is None:
         pixel_factors = pixel_factor(detector, beam)
     return (img * pixel_factors * (R_E_SQ_M2 * beam.fluence * crystal.n_blocks)).astype(np.float32)
+
+
+def predict_spots(crystal: Crystal, beam: Beam, detector: Detector, *, max_excitation: float | None = None) -> dict:
+    """Reflections near the Ewald sphere and where their spots land on the detector.
+
+    A reciprocal lattice point G = h a* + k b* + l c* diffracts when it lies on the Ewald sphere, the sphere of
+    radius 1/λ centred at −x̂/λ (Bragg's law in vector form). Its excitation error is the distance to that
+    sphere, ε = |G + x̂/λ| − 1/λ, and its spot lies where the ray from the sample along G + x̂/λ, the point of
+    the sphere nearest G, meets the detector plane.
+
+    Every reflection with |G| up to :func:`max_q` is examined (the beam's central wavelength and direction).
+    ``000`` is left out (it is the direct beam), as are reflections scattered backwards and spots that fall
+    off the detector.
+
+    Parameters
+    ----------
+    crystal, beam, detector
+    max_excitation : float, Å⁻¹, optional
+        Largest |ε| kept. By default each reflection keeps its own limit, :data:`CUTOFF_SIGMA` times its
+        radial spread (the ``radial_sigma`` returned): the reflections :func:`bragg_fast` draws.
+
+    Returns
+    -------
+    dict of (n,) arrays
+        ``h``, ``k``, ``l`` (int64); ``excitation_error`` (float64, Å⁻¹, positive outside the sphere);
+        ``radial_sigma`` (float64, Å⁻¹): the standard deviation, along the diffracted direction, of the
+        fast model's spot covariance (lattice transform, mosaic spread, bandpass and divergence; the pixel
+        footprint is tangential and adds nothing), so that |ε| ≲ ``radial_sigma`` means "in diffraction";
+        ``slow``, ``fast`` (float64, pixel-centre coordinates of the spot); ``d_spacing`` (float64, Å,
+        1/|G|). Sorted by d-spacing, largest first.
+
+    Examples
+    --------
+    >>> from diffranb.sim.crystal import Crystal
+    >>> from diffranb.sim.geometry import Beam, Detector
+    >>> spots = predict_spots(Crystal(misset_deg=(10, 20, 30)), Beam(), Detector())
+    >>> sorted(spots)
+    ['d_spacing', 'excitation_error', 'fast', 'h', 'k', 'l', 'radial_sigma', 'slow']
+    """
+    recip = crystal.reciprocal_vectors()
+    inv_lam = 1.0 / beam.wavelength_A
+    q_max = max_q(detector, beam)
+    hkl_max = np.floor(q_max * np.linalg.norm(crystal.real_vectors(), axis=1)).astype(np.int64) + 1
+    cov_lattice = lattice_covariance(crystal)
+    sig_mos2 = mosaic_angle_rms_rad(crystal.mosaic_spread_deg) ** 2
+    sig_bw2 = (beam.bandpass / math.sqrt(12.0)) ** 2
+    sig_div2 = (beam.divergence_mrad * 1e-3 / 4.0) ** 2
+    k_range = np.arange(-hkl_max[1], hkl_max[1] + 1)
+    l_range = np.arange(-hkl_max[2], hkl_max[2] + 1)
+    kk, ll = (x.ravel() for x in np.meshgrid(k_range, l_range, indexing="ij"))
+    s_beam, f_beam = detector.beam_center
+    found = []
+    # One slab of constant h at a time keeps memory at (2K+1)(2L+1) reflections, whatever the cell.
+    for h in range(-hkl_max[0], hkl_max[0] + 1):
+        hkl = np.column_stack([np.full(kk.shape, h), kk, ll])
+        g = hkl @ recip
+        g2 = np.einsum("ij,ij->i", g, g)
+        u = g + np.array([inv_lam, 0.0, 0.0])
+        u_norm = np.linalg.norm(u, axis=1)
+        eps = u_norm - inv_lam
+        d = u / u_norm[:, None]
+        gd = np.einsum("ij,ij->i", g, d)
+        var_n = (np.einsum("ij,jk,ik->i", d, cov_lattice, d) + sig_mos2 * (g2 - gd * gd) + sig_bw2 * gd * gd
+                 + sig_div2 * inv_lam * inv_lam * (1.0 - d[:, 0] ** 2))
+        sigma = np.sqrt(var_n)
+        limit = CUTOFF_SIGMA * sigma if max_excitation is None else max_excitation
+        keep = (g2 > 0) & (g2 <= q_max * q_max) & (np.abs(eps) <= limit) & (d[:, 0] > 0)
+        if not keep.any():
+            continue
+        t = detector.distance_mm / u[keep, 0]
+        slow = s_beam - t * u[keep, 1] / detector.pixel_mm
+        fast = f_beam + t * u[keep, 2] / detector.pixel_mm
+        found.append((hkl[keep], eps[keep], sigma[keep], slow, fast, 1.0 / np.sqrt(g2[keep])))
+    if found:
+        hkl, eps, sigma, slow, fast, d_spacing = (np.concatenate(x) for x in zip(*found))
+    else:
+        hkl, eps, sigma, slow, fast, d_spacing = np.zeros((0, 3), np.int64), *(np.zeros(0) for _ in range(5))
+    on = (slow >= -0.5) & (slow <= detector.n_slow - 0.5) & (fast >= -0.5) & (fast <= detector.n_fast - 0.5)
+    order = np.argsort(-d_spacing[on], kind="stable")
+    hkl = hkl[on][order]
+    return {"h": hkl[:, 0].astype(np.int64), "k": hkl[:, 1].astype(np.int64), "l": hkl[:, 2].astype(np.int64),
+            "excitation_error": eps[on][order], "radial_sigma": sigma[on][order], "slow": slow[on][order],
+            "fast": fast[on][order], "d_spacing": d_spacing[on][order]}

@@ -11,7 +11,7 @@ from .amorphous import Background, background_photons
 from .bragg import bragg_exact, bragg_fast
 from .crystal import Crystal, StructureFactors, random_rotation
 from .detector import DetectorResponse, detect
-from .geometry import Beam, Detector, pixel_factor
+from .geometry import Beam, Detector
 
 MODELS = ("fast", "exact")
 
@@ -74,13 +74,12 @@ def expected_photons(scene: Scene, *, mosaic_seed: int = 0) -> np.ndarray:
     det, beam = scene.detector, scene.beam
     if not scene.x_rays:
         return np.zeros(det.shape, dtype=np.float32)
-    factors = pixel_factor(det, beam)
-    image = background_photons(scene.background, beam, det, pixel_factors=factors).astype(np.float32)
+    image = background_photons(scene.background, beam, det).astype(np.float32)
     if scene.crystal is not None:
         if scene.model == "exact":
             image += bragg_exact(scene.crystal, beam, det, mosaic_seed=mosaic_seed)
         else:
-            image += bragg_fast(scene.crystal, beam, det, pixel_factors=factors)
+            image += bragg_fast(scene.crystal, beam, det)
     return image
 
 
