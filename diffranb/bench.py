@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -37,6 +40,16 @@ def _init_worker():
     _render_realistic(10**6)  # load the compiled kernels before the clock starts
 
 
+def _cold_compile_seconds() -> float:
+    """Seconds to import and render the first frame with an empty numba cache (a fresh install)."""
+    code = ("import time; t = time.perf_counter(); from diffranb.sim.scene import example_scene, render; "
+            "render(example_scene(0)); print(time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
 def _rate(fn, n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
@@ -47,7 +60,8 @@ def _rate(fn, n: int) -> float:
 def sim(repeats: int = 40, workers: int = 2) -> dict:
     """Images per second of the simulator.
 
-    Figures: first-call time (compilation or cache load); the nanoBragg v1 case with the exact model; the
+    Figures: the first frame's time in a fresh process with an empty compile cache (``cold_compile_s``) and
+    with the cache this install already has (``first_call_s``, beyond a warm frame); the nanoBragg v1 case with the exact model; the
     realistic DiffraNet-like frame (:func:`sim.scene.example_scene`: Wilson F, mosaic 0.3°, water + air,
     bandpass, divergence, full detector model) with the fast model on one core and on ``workers`` processes;
     and the baseline, that same frame with the exact (nanoBragg) model at 30 mosaic domains on all cores.
@@ -55,6 +69,7 @@ def sim(repeats: int = 40, workers: int = 2) -> dict:
     from .sim.scene import example_scene, render
 
     out = {"cores": os.cpu_count(), "numba_threads": numba.get_num_threads()}
+    out["cold_compile_s"] = _cold_compile_seconds()
     t0 = time.perf_counter()
     render(example_scene(0), seed=0)
     out["first_call_s"] = time.perf_counter() - t0
