@@ -32,6 +32,7 @@ Acta Cryst. D70, 3299–3309 (2014). https://doi.org/10.1107/S1399004714024134 (
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -149,9 +150,79 @@ def _inv3(m):
     return inv, det
 
 
+@numba.njit(cache=True, inline="always")
+def spot_covariance(gx, gy, gz, dx, dy, dz, lam, pixel_mm, distance_mm, sigma_lattice, sig_mos2, sig_bw2, sig_div2,
+                    out):
+    """Covariance in q (Å⁻²) of one reflection's spot in the fast model, written into ``out`` (3×3).
+
+    The sum of the lattice transform, mosaic, bandpass, divergence and pixel terms listed in the module
+    docstring.
+
+    Parameters
+    ----------
+    gx, gy, gz : float, Å⁻¹
+        The reciprocal lattice point G (lab frame).
+    dx, dy, dz : float
+        Unit vector of the diffracted ray towards the spot.
+    lam : float, Å
+    pixel_mm, distance_mm : float, mm
+    sigma_lattice : (3, 3) float, Å⁻²
+        :func:`lattice_covariance`.
+    sig_mos2, sig_bw2, sig_div2 : float
+        Variances of the mosaic rotation (rad²), of Δλ/λ, and of the beam direction (rad²): :func:`spreads`.
+    out : (3, 3) float64
+    """
+    g = (gx, gy, gz)
+    d = (dx, dy, dz)
+    g2 = gx * gx + gy * gy + gz * gz
+    rr = distance_mm / dx
+    pvar = pixel_mm * pixel_mm / (12.0 * rr * rr * lam * lam)
+    uf = (-d[2] * d[0], -d[2] * d[1], 1.0 - d[2] * d[2])  # f̂ − d(d·f̂), f̂ = +z
+    us = (d[1] * d[0], -1.0 + d[1] * d[1], d[1] * d[2])  # ŝ − d(d·ŝ), ŝ = −y
+    for a in range(3):
+        for b in range(3):
+            eye = 1.0 if a == b else 0.0
+            out[a, b] = (sigma_lattice[a, b] + sig_mos2 * (g2 * eye - g[a] * g[b]) + sig_bw2 * g[a] * g[b]
+                         + pvar * (uf[a] * uf[b] + us[a] * us[b]))
+            if a > 0 and b > 0:  # divergence tilts the beam across x̂
+                out[a, b] += sig_div2 / (lam * lam) * eye
+
+
 @numba.njit(cache=True)
-def _fast_kernel(ns, nf, s_beam, f_beam, pixel_mm, distance_mm, lam, recip, sigma_lattice, weight,
-                 sig_mos2, sig_bw2, sig_div2, q_max, hkl_max, sf_mode, default_F, grid, seed, wilson_mean):
+def _radial_sigmas(g, d, lam, pixel_mm, distance_mm, sigma_lattice, sig_mos2, sig_bw2, sig_div2):
+    """√(dᵀ Σ d) of :func:`spot_covariance` for rows of G and d: a spot's spread across the Ewald sphere."""
+    out = np.empty(g.shape[0])
+    cov = np.empty((3, 3))
+    for n in range(g.shape[0]):
+        spot_covariance(g[n, 0], g[n, 1], g[n, 2], d[n, 0], d[n, 1], d[n, 2], lam, pixel_mm, distance_mm,
+                        sigma_lattice, sig_mos2, sig_bw2, sig_div2, cov)
+        var = 0.0
+        for a in range(3):
+            for b in range(3):
+                var += d[n, a] * cov[a, b] * d[n, b]
+        out[n] = math.sqrt(var)
+    return out
+
+
+class Spreads(NamedTuple):
+    """The per-crystal and per-beam inputs of :func:`spot_covariance`."""
+
+    lattice: np.ndarray  # (3, 3), Å⁻²
+    mosaic2: float  # rad²
+    bandpass2: float  # (Δλ/λ)²
+    divergence2: float  # rad²
+
+
+def spreads(crystal: Crystal, beam: Beam) -> Spreads:
+    """Variances that smear spots in the fast model: lattice covariance, mosaic (the Monte Carlo model's rms
+    rotation component), bandpass (uniform band: full width/√12) and divergence (uniform disc: diameter/4)."""
+    return Spreads(lattice_covariance(crystal), mosaic_angle_rms_rad(crystal.mosaic_spread_deg) ** 2,
+                   (beam.bandpass / math.sqrt(12.0)) ** 2, (beam.divergence_mrad * 1e-3 / 4.0) ** 2)
+
+
+@numba.njit(cache=True)
+def _fast_kernel(ns, nf, s_beam, f_beam, pixel_mm, distance_mm, lam, recip, sigma_lattice, sig_mos2, sig_bw2,
+                 sig_div2, weight, q_max, hkl_max, sf_mode, default_F, grid, seed, wilson_mean):
     out = np.zeros((ns, nf))
     inv_lam = 1.0 / lam
     cut2 = CUTOFF_SIGMA * CUTOFF_SIGMA
@@ -200,21 +271,11 @@ def _fast_kernel(ns, nf, s_beam, f_beam, pixel_mm, distance_mm, lam, recip, sigm
                 if dx < 0.05:
                     continue
                 eps = pn - inv_lam
-                # Covariance of this reflection's spot in q (Å⁻²): the sum documented in the module docstring.
-                g = (gx, gy, gz)
-                d = (dx, dy, dz)
+                spot_covariance(gx, gy, gz, dx, dy, dz, lam, pixel_mm, distance_mm, sigma_lattice, sig_mos2,
+                                sig_bw2, sig_div2, cov)
                 rr = distance_mm / dx
-                pvar = pixel_mm * pixel_mm / (12.0 * rr * rr * lam * lam)
-                uf = (-d[2] * d[0], -d[2] * d[1], 1.0 - d[2] * d[2])
-                us = (d[1] * d[0], -1.0 + d[1] * d[1], d[1] * d[2])
-                for a in range(3):
-                    for b in range(3):
-                        eye = 1.0 if a == b else 0.0
-                        cov[a, b] = (sigma_lattice[a, b] + sig_mos2 * (g2 * eye - g[a] * g[b])
-                                     + sig_bw2 * g[a] * g[b] + pvar * (uf[a] * uf[b] + us[a] * us[b]))
-                        if a > 0 and b > 0:
-                            cov[a, b] += sig_div2 * inv_lam * inv_lam * eye
                 var_n = 0.0
+                d = (dx, dy, dz)
                 for a in range(3):
                     for b in range(3):
                         var_n += d[a] * cov[a, b] * d[b]
@@ -292,13 +353,9 @@ def bragg_fast(crystal: Crystal, beam: Beam, detector: Detector, *, pixel_factor
     hkl_max = np.floor(q_max * np.linalg.norm(crystal.real_vectors(), axis=1)).astype(np.int64) + 1
     amp = amplitude_source(crystal, 0.5 * q_max + 0.01)
     weight = float(np.prod(crystal.cells_abc)) / crystal.volume_A3
-    sig_mos2 = mosaic_angle_rms_rad(crystal.mosaic_spread_deg) ** 2
-    sig_bw2 = (beam.bandpass / math.sqrt(12.0)) ** 2
-    sig_div2 = (beam.divergence_mrad * 1e-3 / 4.0) ** 2
     s_beam, f_beam = detector.beam_center
     img = _fast_kernel(detector.n_slow, detector.n_fast, s_beam, f_beam, detector.pixel_mm, detector.distance_mm,
-                       beam.wavelength_A, recip, lattice_covariance(crystal), weight, sig_mos2, sig_bw2, sig_div2,
-                       q_max, hkl_max, *amp)
+                       beam.wavelength_A, recip, *spreads(crystal, beam), weight, q_max, hkl_max, *amp)
     if pixel_factors is None:
         pixel_factors = pixel_factor(detector, beam)
     return (img * pixel_factors * (R_E_SQ_M2 * beam.fluence * crystal.n_blocks)).astype(np.float32)
@@ -345,10 +402,7 @@ def predict_spots(crystal: Crystal, beam: Beam, detector: Detector, *, max_excit
     inv_lam = 1.0 / beam.wavelength_A
     q_max = max_q(detector, beam)
     hkl_max = np.floor(q_max * np.linalg.norm(crystal.real_vectors(), axis=1)).astype(np.int64) + 1
-    cov_lattice = lattice_covariance(crystal)
-    sig_mos2 = mosaic_angle_rms_rad(crystal.mosaic_spread_deg) ** 2
-    sig_bw2 = (beam.bandpass / math.sqrt(12.0)) ** 2
-    sig_div2 = (beam.divergence_mrad * 1e-3 / 4.0) ** 2
+    spread = spreads(crystal, beam)
     k_range = np.arange(-hkl_max[1], hkl_max[1] + 1)
     l_range = np.arange(-hkl_max[2], hkl_max[2] + 1)
     kk, ll = (x.ravel() for x in np.meshgrid(k_range, l_range, indexing="ij"))
@@ -363,12 +417,12 @@ def predict_spots(crystal: Crystal, beam: Beam, detector: Detector, *, max_excit
         u_norm = np.linalg.norm(u, axis=1)
         eps = u_norm - inv_lam
         d = u / u_norm[:, None]
-        gd = np.einsum("ij,ij->i", g, d)
-        var_n = (np.einsum("ij,jk,ik->i", d, cov_lattice, d) + sig_mos2 * (g2 - gd * gd) + sig_bw2 * gd * gd
-                 + sig_div2 * inv_lam * inv_lam * (1.0 - d[:, 0] ** 2))
-        sigma = np.sqrt(var_n)
+        near = (g2 > 0) & (g2 <= q_max * q_max) & (d[:, 0] > 0.05)
+        sigma = np.full(len(g), np.inf)
+        sigma[near] = _radial_sigmas(g[near], d[near], beam.wavelength_A, detector.pixel_mm, detector.distance_mm,
+                                     *spread)
         limit = CUTOFF_SIGMA * sigma if max_excitation is None else max_excitation
-        keep = (g2 > 0) & (g2 <= q_max * q_max) & (np.abs(eps) <= limit) & (d[:, 0] > 0)
+        keep = near & (np.abs(eps) <= limit)
         if not keep.any():
             continue
         t = detector.distance_mm / u[keep, 0]

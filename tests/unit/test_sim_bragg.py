@@ -115,3 +115,53 @@ def test_wilson_crystal_spots_fade_with_resolution():
     r = np.hypot(s - 256, f - 256)
     inner, outer = image[(r > 20) & (r < 120)].mean(), image[(r > 200) & (r < 250)].mean()
     assert inner > 5 * outer
+
+
+@pytest.mark.parametrize("hkl, phi", [((2, 0, 0), 30.0), ((2, 1, 1), 200.0), ((0, 3, -2), 300.0), ((4, 2, 1), 95.0)])
+def test_predict_spots_puts_a_reflection_in_diffraction_where_braggs_law_does(hkl, phi):
+    from diffranb.sim.bragg import predict_spots
+
+    crystal, (s, f) = crystal_with_reflection_at(hkl, phi, cells_abc=(16, 16, 16), shape="gauss")
+    spots = predict_spots(crystal, BEAM, DET)
+    (i,) = np.flatnonzero((spots["h"] == hkl[0]) & (spots["k"] == hkl[1]) & (spots["l"] == hkl[2]))
+    assert spots["slow"][i] == pytest.approx(s, abs=1e-6)
+    assert spots["fast"][i] == pytest.approx(f, abs=1e-6)
+    assert abs(spots["excitation_error"][i]) < 1e-12
+    g = np.asarray(hkl, float) @ crystal.reciprocal_vectors()
+    assert spots["d_spacing"][i] == pytest.approx(1 / np.linalg.norm(g), rel=1e-12)
+    assert abs(spots["excitation_error"][i]) <= spots["radial_sigma"][i]
+
+
+def test_predict_spots_excitation_error_is_the_distance_to_the_ewald_sphere():
+    from diffranb.sim.bragg import predict_spots
+
+    crystal = Crystal(cells_abc=(8, 8, 8), misset_deg=(10, 20, 30), shape="gauss")
+    spots = predict_spots(crystal, BEAM, DET, max_excitation=0.01)
+    assert len(spots["h"]) > 10 and np.all(np.abs(spots["excitation_error"]) <= 0.01)
+    g = np.column_stack([spots["h"], spots["k"], spots["l"]]) @ crystal.reciprocal_vectors()
+    centre = np.array([-1.0 / BEAM.wavelength_A, 0.0, 0.0])
+    assert np.allclose(np.linalg.norm(g - centre, axis=1) - 1.0 / BEAM.wavelength_A, spots["excitation_error"])
+    # Moving a reflection onto the sphere along the radius must land it on the predicted pixel.
+    d = (g - centre) / np.linalg.norm(g - centre, axis=1, keepdims=True)
+    s0, f0 = DET.beam_center
+    t = DET.distance_mm / d[:, 0]
+    assert np.allclose(spots["slow"], s0 - t * d[:, 1] / DET.pixel_mm)  # slow runs along −y
+    assert np.allclose(spots["fast"], f0 + t * d[:, 2] / DET.pixel_mm)
+    assert np.all(np.diff(spots["d_spacing"]) <= 0)
+
+
+def test_predict_spots_by_default_finds_every_spot_the_fast_model_draws():
+    from diffranb.sim.bragg import predict_spots
+
+    crystal = Crystal(cells_abc=(12, 12, 12), misset_deg=(10, 20, 30), shape="gauss", mosaic_spread_deg=0.3)
+    image = bragg_fast(crystal, BEAM, DET)
+    spots = predict_spots(crystal, BEAM, DET)
+    bright = np.argwhere(image > 1e-3 * image.max())
+    # Left out: the direct beam (000, not a spot) and tails of spots centred just off the detector.
+    s0, f0 = DET.beam_center
+    inner = (np.hypot(bright[:, 0] - s0, bright[:, 1] - f0) > 5) & np.all((bright >= 5) & (bright < 256 - 5), axis=1)
+    bright = bright[inner]
+    dist = np.hypot(bright[:, None, 0] - spots["slow"], bright[:, None, 1] - spots["fast"]).min(axis=1)
+    assert len(bright) > 100
+    assert dist.max() < 5.0
+    assert not np.any((spots["h"] == 0) & (spots["k"] == 0) & (spots["l"] == 0))
