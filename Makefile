@@ -15,6 +15,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	# Build matplotlib's font cache now, so that its one-off notice never lands in a chapter's output.
+	MPLBACKEND=Agg $(PY) -c "import matplotlib.pyplot"
 	touch $@
 
 book: install

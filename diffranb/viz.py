@@ -58,11 +58,13 @@ def norm(scale: str, vmax: float) -> colors.Normalize:
         raise ValueError(f"scale={scale!r}: must be one of {SCALES}")
     if not vmax > 0:
         raise ValueError(f"vmax={vmax!r}: must be > 0")
+    # No clipping here: a colour bar of a clipped norm piles the ticks above vmax onto its top end. Values
+    # beyond vmax take the colour map's end colour all the same.
     if scale == "sqrt":
-        return colors.PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax, clip=True)
+        return colors.PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
     if scale == "log":
-        return colors.LogNorm(vmin=vmax * 10.0**-LOG_DECADES, vmax=vmax, clip=True)
-    return colors.Normalize(vmin=0.0, vmax=vmax, clip=True)
+        return colors.LogNorm(vmin=vmax * 10.0**-LOG_DECADES, vmax=vmax)
+    return colors.Normalize(vmin=0.0, vmax=vmax)
 
 
 def show_pattern(image, *, ax: Axes | None = None, scale: str = "sqrt", vmax: float | None = None,
@@ -218,9 +220,138 @@ def to_png_bytes(image, scale: str = "sqrt", vmax: float | None = None, cmap: st
     if image.ndim != 2:
         raise ValueError(f"image.shape={image.shape}: must be 2-D (slow, fast)")
     vmax = default_vmax(image) if vmax is None else vmax
-    level = np.ma.filled(norm(scale, vmax)(image.astype(np.float64)), 0.0)
+    level = np.clip(np.ma.filled(norm(scale, vmax)(image.astype(np.float64)), 0.0), 0.0, 1.0)
     index = np.rint(level * 255.0).astype(np.uint8)
     lut = (plt.get_cmap(cmap)(np.linspace(0.0, 1.0, 256))[:, :3] * 255.0).round().astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(lut[index]).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def mark_spots(positions, *, ax: Axes | None = None, size: float = 60.0, color: str = "tab:red", **kw) -> Axes:
+    """Circle given (slow, fast) positions on a detector image, e.g. predicted Bragg spots.
+
+    Parameters
+    ----------
+    positions : (n, 2) array, pixels
+        (slow, fast) pixel-centre coordinates, as from :func:`diffranb.sim.bragg.predict_spots`.
+    ax : matplotlib Axes, optional
+        Usually the Axes :func:`show_pattern` drew into.
+    size : float, points²
+        Marker area.
+    color : str
+    **kw
+        Passed to :meth:`~matplotlib.axes.Axes.scatter`.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    ax.scatter(positions[:, 1], positions[:, 0], s=size, facecolors="none", edgecolors=color, linewidths=0.8, **kw)
+    return ax
+
+
+def show_map(values, *, ax: Axes | None = None, unit: str = "", cmap: str = "viridis", vmin: float | None = None,
+             vmax: float | None = None, colorbar: bool = True, **kw) -> Axes:
+    """Draw a per-pixel map of a physical quantity (solid angle, polarisation factor, sinθ/λ) on a linear scale.
+
+    Unlike :func:`show_pattern`, the colour scale spans the values' own range, so that a quantity varying by
+    a few per cent across the detector still shows its pattern.
+
+    Parameters
+    ----------
+    values : (M, N) array
+        Indexed ``values[slow, fast]``.
+    ax : matplotlib Axes, optional
+    unit : str
+        The colour bar's label: the quantity and its unit, e.g. ``"Ω (sr)"``.
+    cmap : str
+    vmin, vmax : float, optional
+        Colour limits; default to the values' minimum and maximum.
+    colorbar : bool
+    **kw
+        Passed to :meth:`~matplotlib.axes.Axes.imshow`.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"values.shape={values.shape}: must be 2-D (slow, fast)")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", origin="upper", **kw)
+    ax.set_xlabel("fast (px)")
+    ax.set_ylabel("slow (px)")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label=unit)
+    return ax
+
+
+def plot_ewald_section(points, wavelength_A: float, *, ax: Axes | None = None, tolerance: float = 0.01,
+                       **kw) -> Axes:
+    """The Ewald construction in one plane: reciprocal lattice points and the sphere of reflection.
+
+    The beam runs along +x (to the right); the sphere of radius 1/λ is centred at −x̂/λ and passes through
+    the origin. Points within ``tolerance`` of it diffract and are drawn filled, with the diffracted ray
+    from the sphere's centre through them.
+
+    Parameters
+    ----------
+    points : (n, 2) array, Å⁻¹
+        (x, y) lab coordinates of reciprocal lattice points lying in the plane drawn.
+    wavelength_A : float, Å
+    ax : matplotlib Axes, optional
+    tolerance : float, Å⁻¹
+        Largest distance from the sphere that counts as "in diffraction".
+    **kw
+        Passed to the :meth:`~matplotlib.axes.Axes.scatter` call of the lattice points.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    k = 1.0 / wavelength_A
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5), layout="constrained")
+    on = np.abs(np.hypot(points[:, 0] + k, points[:, 1]) - k) <= tolerance
+    ax.scatter(points[~on, 0], points[~on, 1], s=6, color="0.6", **kw)
+    ax.scatter(points[on, 0], points[on, 1], s=30, color="tab:red", zorder=3, label="in diffraction", **kw)
+    phi = np.linspace(0.0, 2.0 * np.pi, 721)
+    ax.plot(-k + k * np.cos(phi), k * np.sin(phi), color="tab:blue", lw=1.0, label="Ewald sphere, radius 1/λ")
+    ax.annotate("", xy=(0.0, 0.0), xytext=(-k, 0.0),
+                arrowprops=dict(arrowstyle="->", color="k", lw=1.2))
+    ax.text(-k / 2, -0.03 * k, "x̂/λ (beam)", ha="center", va="top")
+    for x, y in points[on]:
+        ax.annotate("", xy=(x, y), xytext=(-k, 0.0), arrowprops=dict(arrowstyle="->", color="tab:red", lw=0.6))
+    ax.set_aspect("equal")
+    ax.set_xlabel("q_x, along the beam (Å⁻¹)")
+    ax.set_ylabel("q_y (Å⁻¹)")
+    ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
+def label_panel(ax: Axes, text: str, **kw) -> Axes:
+    """Write a short label in the top-left corner of a panel, on a white box so that it reads on any image.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    text : str
+    **kw
+        Passed to :meth:`~matplotlib.axes.Axes.text`.
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    style = dict(transform=ax.transAxes, va="top", ha="left", fontsize="small",
+                 bbox=dict(boxstyle="round,pad=0.25", facecolor="white", edgecolor="none", alpha=0.85))
+    style.update(kw)
+    ax.text(0.03, 0.97, text, **style)
+    return ax
