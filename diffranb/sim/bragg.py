@@ -20,7 +20,8 @@ whose covariance is the sum of
 
 The pixel value is that Gaussian at the pixel's q, so a spot's integrated signal is exact whatever its size
 relative to a pixel, and the cost scales with the number of reflections near the Ewald sphere, not with
-pixels × domains.
+pixels × domains. G = 0 is not drawn: forward scattering coincides with the direct beam, which the beamstop
+takes (the exact model, like nanoBragg, does include it).
 
 References
 ----------
@@ -188,22 +189,6 @@ def spot_covariance(gx, gy, gz, dx, dy, dz, lam, pixel_mm, distance_mm, sigma_la
                 out[a, b] += sig_div2 / (lam * lam) * eye
 
 
-@numba.njit(cache=True)
-def _radial_sigmas(g, d, lam, pixel_mm, distance_mm, sigma_lattice, sig_mos2, sig_bw2, sig_div2):
-    """√(dᵀ Σ d) of :func:`spot_covariance` for rows of G and d: a spot's spread across the Ewald sphere."""
-    out = np.empty(g.shape[0])
-    cov = np.empty((3, 3))
-    for n in range(g.shape[0]):
-        spot_covariance(g[n, 0], g[n, 1], g[n, 2], d[n, 0], d[n, 1], d[n, 2], lam, pixel_mm, distance_mm,
-                        sigma_lattice, sig_mos2, sig_bw2, sig_div2, cov)
-        var = 0.0
-        for a in range(3):
-            for b in range(3):
-                var += d[n, a] * cov[a, b] * d[n, b]
-        out[n] = math.sqrt(var)
-    return out
-
-
 class Spreads(NamedTuple):
     """The per-crystal and per-beam inputs of :func:`spot_covariance`."""
 
@@ -221,24 +206,22 @@ def spreads(crystal: Crystal, beam: Beam) -> Spreads:
 
 
 @numba.njit(cache=True)
-def _fast_kernel(ns, nf, s_beam, f_beam, pixel_mm, distance_mm, lam, recip, sigma_lattice, sig_mos2, sig_bw2,
-                 sig_div2, weight, q_max, hkl_max, sf_mode, default_F, grid, seed, wilson_mean):
-    out = np.zeros((ns, nf))
+def _walk_shell(lam, recip, q_max, hkl_max, delta, out):
+    """Miller indices of every G ≠ 0 with |G| ≤ q_max within ``delta`` (Å⁻¹) of the Ewald sphere.
+
+    Walks rows of constant (h, k) and solves |G + x̂/λ|² = (1/λ ± δ)² for l, so only the shell is visited.
+    Writes up to ``len(out)`` rows into ``out`` and returns how many there are in all (call again with a
+    larger ``out`` when that is more).
+    """
+    n = 0
     inv_lam = 1.0 / lam
-    cut2 = CUTOFF_SIGMA * CUTOFF_SIGMA
-    # Thickness of the shell around the Ewald sphere worth visiting: a bound on any reflection's spread.
-    pix_var = pixel_mm * pixel_mm / (12.0 * distance_mm * distance_mm * lam * lam) * 2.0
-    spread_max = math.sqrt(sigma_lattice[0, 0] + sigma_lattice[1, 1] + sigma_lattice[2, 2]
-                           + (sig_mos2 + sig_bw2) * q_max * q_max + 2.0 * sig_div2 * inv_lam * inv_lam + pix_var)
-    delta = CUTOFF_SIGMA * spread_max
     r_in2 = max(inv_lam - delta, 0.0) ** 2
     r_out2 = (inv_lam + delta) ** 2
     cs = recip[2]
     cc = cs[0] * cs[0] + cs[1] * cs[1] + cs[2] * cs[2]
-    cov = np.empty((3, 3))
     for h in range(-hkl_max[0], hkl_max[0] + 1):
         for k in range(-hkl_max[1], hkl_max[1] + 1):
-            # u = h a* + k b* + s0, with s0 = x̂/λ the sphere's centre offset; solve |u + l c*|² = r² for l.
+            # u = h a* + k b* + x̂/λ: the row's offset from the sphere's centre.
             ux = h * recip[0, 0] + k * recip[1, 0] + inv_lam
             uy = h * recip[0, 1] + k * recip[1, 1]
             uz = h * recip[0, 2] + k * recip[1, 2]
@@ -257,60 +240,145 @@ def _fast_kernel(ns, nf, s_beam, f_beam, pixel_mm, distance_mm, lam, recip, sigm
                 skip_lo = int(math.floor((-bq - root_in) / cc)) + 1
                 skip_hi = int(math.ceil((-bq + root_in) / cc)) - 1
             for l in range(l_lo, l_hi + 1):
-                if skip_lo <= l <= skip_hi:
+                if skip_lo <= l <= skip_hi or (h == 0 and k == 0 and l == 0):
                     continue
                 gx = h * recip[0, 0] + k * recip[1, 0] + l * recip[2, 0]
                 gy = h * recip[0, 1] + k * recip[1, 1] + l * recip[2, 1]
                 gz = h * recip[0, 2] + k * recip[1, 2] + l * recip[2, 2]
-                g2 = gx * gx + gy * gy + gz * gz
-                if g2 > q_max * q_max:
+                if gx * gx + gy * gy + gz * gz > q_max * q_max:
                     continue
-                px_, py_, pz_ = gx + inv_lam, gy, gz
-                pn = math.sqrt(px_ * px_ + py_ * py_ + pz_ * pz_)
-                dx, dy, dz = px_ / pn, py_ / pn, pz_ / pn
-                if dx < 0.05:
-                    continue
-                eps = pn - inv_lam
-                spot_covariance(gx, gy, gz, dx, dy, dz, lam, pixel_mm, distance_mm, sigma_lattice, sig_mos2,
-                                sig_bw2, sig_div2, cov)
-                rr = distance_mm / dx
-                var_n = 0.0
-                d = (dx, dy, dz)
-                for a in range(3):
-                    for b in range(3):
-                        var_n += d[a] * cov[a, b] * d[b]
-                if eps * eps > cut2 * var_n:
-                    continue
-                prec, det = _inv3(cov)
-                tt = distance_mm / dx
-                sc = s_beam - tt * dy / pixel_mm
-                fc = f_beam + tt * dz / pixel_mm
-                extent = CUTOFF_SIGMA * math.sqrt(cov[0, 0] + cov[1, 1] + cov[2, 2]) * rr * lam / (dx * pixel_mm)
-                w = min(int(extent) + 1, MAX_HALF_WINDOW)
-                i0 = max(int(math.floor(sc)) - w, 0)
-                i1 = min(int(math.ceil(sc)) + w, ns - 1)
-                j0 = max(int(math.floor(fc)) - w, 0)
-                j1 = min(int(math.ceil(fc)) + w, nf - 1)
-                if i0 > i1 or j0 > j1:
-                    continue
-                amp = structure_amplitude(h, k, l, 0.5 * math.sqrt(g2), sf_mode, default_F, grid, seed,
-                                          wilson_mean)
-                norm = amp * amp * weight / ((2.0 * math.pi) ** 1.5 * math.sqrt(det))
-                if norm == 0.0:
-                    continue
-                for i in range(i0, i1 + 1):
-                    py = -(i - s_beam) * pixel_mm
-                    for j in range(j0, j1 + 1):
-                        pz = (j - f_beam) * pixel_mm
-                        rp = math.sqrt(distance_mm * distance_mm + py * py + pz * pz)
-                        qx = (distance_mm / rp - 1.0) * inv_lam - gx
-                        qy = py / rp * inv_lam - gy
-                        qz = pz / rp * inv_lam - gz
-                        m2 = (prec[0, 0] * qx * qx + prec[1, 1] * qy * qy + prec[2, 2] * qz * qz
-                              + 2.0 * (prec[0, 1] * qx * qy + prec[0, 2] * qx * qz + prec[1, 2] * qy * qz))
-                        if m2 < cut2:
-                            out[i, j] += norm * math.exp(-0.5 * m2)
+                if n < out.shape[0]:
+                    out[n, 0], out[n, 1], out[n, 2] = h, k, l
+                n += 1
+    return n
+
+
+@numba.njit(cache=True)
+def _spot_rows(hkl, recip, lam, s_beam, f_beam, pixel_mm, distance_mm, sigma_lattice, sig_mos2, sig_bw2, sig_div2,
+               kahn, max_excitation, sf_mode, default_F, grid, seed, wilson_mean):
+    """Per-reflection spot geometry for :func:`reflections_near_sphere` (one row per hkl; ``keep`` marks the
+    reflections within their excitation limit that scatter forwards)."""
+    n = hkl.shape[0]
+    inv_lam = 1.0 / lam
+    keep = np.zeros(n, dtype=np.bool_)
+    g = np.empty((n, 3))
+    d = np.empty((n, 3))
+    cov = np.empty((n, 3, 3))
+    cols = np.empty((n, 6))  # eps, radial sigma, slow, fast, |F|, P
+    for m in range(n):
+        h, k, l = hkl[m, 0], hkl[m, 1], hkl[m, 2]
+        for a in range(3):
+            g[m, a] = h * recip[0, a] + k * recip[1, a] + l * recip[2, a]
+        px_, py_, pz_ = g[m, 0] + inv_lam, g[m, 1], g[m, 2]
+        pn = math.sqrt(px_ * px_ + py_ * py_ + pz_ * pz_)
+        dx, dy, dz = px_ / pn, py_ / pn, pz_ / pn
+        d[m, 0], d[m, 1], d[m, 2] = dx, dy, dz
+        if dx < 0.05:  # backwards or grazing the detector plane
+            continue
+        eps = pn - inv_lam
+        spot_covariance(g[m, 0], g[m, 1], g[m, 2], dx, dy, dz, lam, pixel_mm, distance_mm, sigma_lattice, sig_mos2,
+                        sig_bw2, sig_div2, cov[m])
+        var_n = 0.0
+        for a in range(3):
+            for b in range(3):
+                var_n += d[m, a] * cov[m, a, b] * d[m, b]
+        sigma_n = math.sqrt(var_n)
+        limit = CUTOFF_SIGMA * sigma_n if max_excitation != max_excitation else max_excitation
+        if abs(eps) > limit:
+            continue
+        keep[m] = True
+        t = distance_mm / dx
+        g2 = g[m, 0] * g[m, 0] + g[m, 1] * g[m, 1] + g[m, 2] * g[m, 2]
+        cols[m, 0] = eps
+        cols[m, 1] = sigma_n
+        cols[m, 2] = s_beam - t * dy / pixel_mm
+        cols[m, 3] = f_beam + t * dz / pixel_mm
+        cols[m, 4] = structure_amplitude(h, k, l, 0.5 * math.sqrt(g2), sf_mode, default_F, grid, seed, wilson_mean)
+        cols[m, 5] = polarization(dx, dy, dz, kahn)
+    return keep, g, d, cov, cols
+
+
+@numba.njit(cache=True)
+def _draw_spots(ns, nf, s_beam, f_beam, pixel_mm, distance_mm, lam, g, d, cov, slow, fast, amplitude, weight):
+    """Sum each reflection's Gaussian (integrated weight |F|²·weight) over the pixels of its window."""
+    out = np.zeros((ns, nf))
+    inv_lam = 1.0 / lam
+    cut2 = CUTOFF_SIGMA * CUTOFF_SIGMA
+    for m in range(g.shape[0]):
+        prec, det = _inv3(cov[m])
+        rr = distance_mm / d[m, 0]
+        extent = CUTOFF_SIGMA * math.sqrt(cov[m, 0, 0] + cov[m, 1, 1] + cov[m, 2, 2]) * rr * lam / (d[m, 0] * pixel_mm)
+        w = min(int(extent) + 1, MAX_HALF_WINDOW)
+        i0 = max(int(math.floor(slow[m])) - w, 0)
+        i1 = min(int(math.ceil(slow[m])) + w, ns - 1)
+        j0 = max(int(math.floor(fast[m])) - w, 0)
+        j1 = min(int(math.ceil(fast[m])) + w, nf - 1)
+        norm = amplitude[m] * amplitude[m] * weight / ((2.0 * math.pi) ** 1.5 * math.sqrt(det))
+        if i0 > i1 or j0 > j1 or norm == 0.0:
+            continue
+        gx, gy, gz = g[m, 0], g[m, 1], g[m, 2]
+        for i in range(i0, i1 + 1):
+            py = -(i - s_beam) * pixel_mm
+            for j in range(j0, j1 + 1):
+                pz = (j - f_beam) * pixel_mm
+                rp = math.sqrt(distance_mm * distance_mm + py * py + pz * pz)
+                qx = (distance_mm / rp - 1.0) * inv_lam - gx
+                qy = py / rp * inv_lam - gy
+                qz = pz / rp * inv_lam - gz
+                m2 = (prec[0, 0] * qx * qx + prec[1, 1] * qy * qy + prec[2, 2] * qz * qz
+                      + 2.0 * (prec[0, 1] * qx * qy + prec[0, 2] * qx * qz + prec[1, 2] * qy * qz))
+                if m2 < cut2:
+                    out[i, j] += norm * math.exp(-0.5 * m2)
     return out
+
+
+def reflections_near_sphere(crystal: Crystal, beam: Beam, detector: Detector, *,
+                            max_excitation: float | None = None, margin_px: float = 0.0) -> dict:
+    """Every reflection close enough to the Ewald sphere to be seen, with its spot's geometry.
+
+    The one enumeration behind :func:`bragg_fast` and :func:`predict_spots`: reciprocal lattice points G ≠ 0
+    within the detector's reach whose excitation error ε = |G + x̂/λ| − 1/λ is within ``max_excitation`` (by
+    default :data:`CUTOFF_SIGMA` times the spot's own spread across the sphere), scattering forwards, with
+    their spot centre on the detector or within ``margin_px`` of it.
+
+    Returns
+    -------
+    dict
+        ``hkl`` (n, 3) int64; ``g`` (n, 3) Å⁻¹; ``d`` (n, 3) unit diffracted directions; ``cov`` (n, 3, 3) Å⁻²
+        (:func:`spot_covariance`); ``excitation_error``, ``radial_sigma`` (n,) Å⁻¹; ``slow``, ``fast`` (n,)
+        pixel-centre coordinates of the spot; ``amplitude`` (n,) |F| in electrons; ``polarization`` (n,) P at
+        the spot.
+    """
+    recip = crystal.reciprocal_vectors()
+    q_max = max_q(detector, beam)
+    hkl_max = np.floor(q_max * np.linalg.norm(crystal.real_vectors(), axis=1)).astype(np.int64) + 1
+    spread = spreads(crystal, beam)
+    lam = beam.wavelength_A
+    if max_excitation is None:
+        # A bound on any reflection's radial spread: the shell the walk must cover.
+        pix_var = 2.0 * detector.pixel_mm**2 / (12.0 * detector.distance_mm**2 * lam**2)
+        bound = math.sqrt(np.trace(spread.lattice) + (spread.mosaic2 + spread.bandpass2) * q_max**2
+                          + 2.0 * spread.divergence2 / lam**2 + pix_var)
+        delta = CUTOFF_SIGMA * bound
+    else:
+        delta = float(max_excitation)
+    hkl = np.empty((4096, 3), dtype=np.int64)
+    n = _walk_shell(lam, recip, q_max, hkl_max, delta, hkl)
+    if n > len(hkl):
+        hkl = np.empty((n, 3), dtype=np.int64)
+        _walk_shell(lam, recip, q_max, hkl_max, delta, hkl)
+    hkl = hkl[:n]
+    amp = amplitude_source(crystal, 0.5 * q_max + 0.01)
+    s_beam, f_beam = detector.beam_center
+    keep, g, d, cov, cols = _spot_rows(hkl, recip, lam, s_beam, f_beam, detector.pixel_mm, detector.distance_mm,
+                                       *spread, beam.polarization_factor_K,
+                                       math.nan if max_excitation is None else float(max_excitation), *amp)
+    slow, fast = cols[:, 2], cols[:, 3]
+    keep &= ((slow >= -0.5 - margin_px) & (slow <= detector.n_slow - 0.5 + margin_px)
+             & (fast >= -0.5 - margin_px) & (fast <= detector.n_fast - 0.5 + margin_px))
+    return {"hkl": hkl[keep], "g": g[keep], "d": d[keep], "cov": cov[keep], "excitation_error": cols[keep, 0],
+            "radial_sigma": cols[keep, 1], "slow": slow[keep], "fast": fast[keep], "amplitude": cols[keep, 4],
+            "polarization": cols[keep, 5]}
 
 
 def lattice_covariance(crystal: Crystal) -> np.ndarray:
@@ -348,14 +416,12 @@ def bragg_fast(crystal: Crystal, beam: Beam, detector: Detector, *, pixel_factor
     -------
     (n_slow, n_fast) float32, photons
     """
-    recip = crystal.reciprocal_vectors()
-    q_max = max_q(detector, beam) * 1.02
-    hkl_max = np.floor(q_max * np.linalg.norm(crystal.real_vectors(), axis=1)).astype(np.int64) + 1
-    amp = amplitude_source(crystal, 0.5 * q_max + 0.01)
+    spots = reflections_near_sphere(crystal, beam, detector, margin_px=MAX_HALF_WINDOW)
     weight = float(np.prod(crystal.cells_abc)) / crystal.volume_A3
     s_beam, f_beam = detector.beam_center
-    img = _fast_kernel(detector.n_slow, detector.n_fast, s_beam, f_beam, detector.pixel_mm, detector.distance_mm,
-                       beam.wavelength_A, recip, *spreads(crystal, beam), weight, q_max, hkl_max, *amp)
+    img = _draw_spots(detector.n_slow, detector.n_fast, s_beam, f_beam, detector.pixel_mm, detector.distance_mm,
+                      beam.wavelength_A, spots["g"], spots["d"], spots["cov"], spots["slow"], spots["fast"],
+                      spots["amplitude"], weight)
     if pixel_factors is None:
         pixel_factors = pixel_factor(detector, beam)
     return (img * pixel_factors * (R_E_SQ_M2 * beam.fluence * crystal.n_blocks)).astype(np.float32)
@@ -396,46 +462,13 @@ def predict_spots(crystal: Crystal, beam: Beam, detector: Detector, *, max_excit
     >>> from diffranb.sim.geometry import Beam, Detector
     >>> spots = predict_spots(Crystal(misset_deg=(10, 20, 30)), Beam(), Detector())
     >>> sorted(spots)
-    ['d_spacing', 'excitation_error', 'fast', 'h', 'k', 'l', 'radial_sigma', 'slow']
+    ['amplitude', 'd_spacing', 'excitation_error', 'fast', 'h', 'k', 'l', 'polarization', 'radial_sigma', 'slow']
     """
-    recip = crystal.reciprocal_vectors()
-    inv_lam = 1.0 / beam.wavelength_A
-    q_max = max_q(detector, beam)
-    hkl_max = np.floor(q_max * np.linalg.norm(crystal.real_vectors(), axis=1)).astype(np.int64) + 1
-    spread = spreads(crystal, beam)
-    k_range = np.arange(-hkl_max[1], hkl_max[1] + 1)
-    l_range = np.arange(-hkl_max[2], hkl_max[2] + 1)
-    kk, ll = (x.ravel() for x in np.meshgrid(k_range, l_range, indexing="ij"))
-    s_beam, f_beam = detector.beam_center
-    found = []
-    # One slab of constant h at a time keeps memory at (2K+1)(2L+1) reflections, whatever the cell.
-    for h in range(-hkl_max[0], hkl_max[0] + 1):
-        hkl = np.column_stack([np.full(kk.shape, h), kk, ll])
-        g = hkl @ recip
-        g2 = np.einsum("ij,ij->i", g, g)
-        u = g + np.array([inv_lam, 0.0, 0.0])
-        u_norm = np.linalg.norm(u, axis=1)
-        eps = u_norm - inv_lam
-        d = u / u_norm[:, None]
-        near = (g2 > 0) & (g2 <= q_max * q_max) & (d[:, 0] > 0.05)
-        sigma = np.full(len(g), np.inf)
-        sigma[near] = _radial_sigmas(g[near], d[near], beam.wavelength_A, detector.pixel_mm, detector.distance_mm,
-                                     *spread)
-        limit = CUTOFF_SIGMA * sigma if max_excitation is None else max_excitation
-        keep = near & (np.abs(eps) <= limit)
-        if not keep.any():
-            continue
-        t = detector.distance_mm / u[keep, 0]
-        slow = s_beam - t * u[keep, 1] / detector.pixel_mm
-        fast = f_beam + t * u[keep, 2] / detector.pixel_mm
-        found.append((hkl[keep], eps[keep], sigma[keep], slow, fast, 1.0 / np.sqrt(g2[keep])))
-    if found:
-        hkl, eps, sigma, slow, fast, d_spacing = (np.concatenate(x) for x in zip(*found))
-    else:
-        hkl, eps, sigma, slow, fast, d_spacing = np.zeros((0, 3), np.int64), *(np.zeros(0) for _ in range(5))
-    on = (slow >= -0.5) & (slow <= detector.n_slow - 0.5) & (fast >= -0.5) & (fast <= detector.n_fast - 0.5)
-    order = np.argsort(-d_spacing[on], kind="stable")
-    hkl = hkl[on][order]
-    return {"h": hkl[:, 0].astype(np.int64), "k": hkl[:, 1].astype(np.int64), "l": hkl[:, 2].astype(np.int64),
-            "excitation_error": eps[on][order], "radial_sigma": sigma[on][order], "slow": slow[on][order],
-            "fast": fast[on][order], "d_spacing": d_spacing[on][order]}
+    spots = reflections_near_sphere(crystal, beam, detector, max_excitation=max_excitation)
+    hkl = spots["hkl"]
+    d_spacing = 1.0 / np.linalg.norm(spots["g"], axis=1)
+    order = np.argsort(-d_spacing, kind="stable")
+    return {"h": hkl[order, 0], "k": hkl[order, 1], "l": hkl[order, 2],
+            "excitation_error": spots["excitation_error"][order], "radial_sigma": spots["radial_sigma"][order],
+            "slow": spots["slow"][order], "fast": spots["fast"][order], "d_spacing": d_spacing[order],
+            "amplitude": spots["amplitude"][order], "polarization": spots["polarization"][order]}
