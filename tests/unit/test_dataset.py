@@ -1,0 +1,352 @@
+"""The DiffraNet-scale data set: class physics, seeding, storage, resumable builds, export."""
+
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffranb import cli, dataset
+from diffranb.sim.bragg import bragg_fast, predict_spots
+from diffranb.sim.detector import beamstop_transmission
+from diffranb.sim.scene import example_scene, render
+
+TINY = dict(pixels=64, progress=False)
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """24 frames of 64 × 64 pixels, built without a cluster: the reference the Dask builds must match."""
+    return dataset.build(24, 3, tmp_path_factory.mktemp("tiny") / "tiny.h5", workers=0, **TINY)
+
+
+# --- The defining quantity ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lysozyme():
+    return example_scene(3)
+
+
+def test_reflections_are_those_the_simulator_draws(lysozyme):
+    table = dataset.reflection_table(lysozyme)
+    spots = predict_spots(lysozyme.crystal, lysozyme.beam, lysozyme.detector)
+    ours = {(h, k, l): (s, f) for h, k, l, s, f in zip(table["h"], table["k"], table["l"], table["slow"],
+                                                         table["fast"])}
+    theirs = {(h, k, l): (s, f) for h, k, l, s, f in zip(spots["h"], spots["k"], spots["l"], spots["slow"],
+                                                           spots["fast"])}
+    assert ours.keys() == theirs.keys() and len(ours) > 500
+    assert max(abs(ours[key][0] - theirs[key][0]) + abs(ours[key][1] - theirs[key][1]) for key in ours) < 1e-9
+
+
+def test_integrated_signal_is_what_the_rendered_spots_hold(lysozyme):
+    # S_G is the Gaussian spot integrated over the Ewald sphere; summing the rendered pixels around isolated,
+    # unshadowed spots gives the same, up to the pixel sampling of spots narrower than a pixel (± 30 %).
+    crystal, det = lysozyme.crystal, lysozyme.detector
+    table = dataset.reflection_table(lysozyme)
+    image = bragg_fast(crystal, lysozyme.beam, det).astype(float)
+    shadow = beamstop_transmission(lysozyme.response, det)
+    expected = table["photons_per_block"] * crystal.n_blocks
+    ratios = []
+    for g in np.argsort(-expected)[:300]:
+        s, f = table["slow"][g], table["fast"][g]
+        neighbours = np.hypot(table["slow"] - s, table["fast"] - f)
+        neighbours[g] = np.inf
+        i, j = round(s), round(f)
+        if neighbours.min() > 8 and 5 <= i < det.n_slow - 5 and 5 <= j < det.n_fast - 5 and shadow[i, j] == 1:
+            ratios.append(image[i - 3:i + 4, j - 3:j + 4].sum() / expected[g])
+    assert len(ratios) > 50
+    assert np.median(ratios) == pytest.approx(1.0, abs=0.05)
+
+
+def test_threshold_is_where_i_over_sigma_reaches_three(lysozyme):
+    table = dataset.reflection_table(lysozyme, min_i_over_sigma=3.0)
+    read = lysozyme.response.readout_noise_adu
+    finite = np.isfinite(table["threshold_blocks"])
+    signal_ = table["threshold_blocks"][finite] * table["photons_per_block"][finite]
+    noise = np.sqrt(signal_ + table["background"][finite] + dataset.SPOT_BOX_PX**2 * read**2)
+    # Reflections next to the detector's edge have smaller boxes; the bulk has full 3 × 3 boxes.
+    assert np.median(np.abs(signal_ / noise - 3.0)) < 1e-9
+    n, d_min = dataset.count_significant(table, lysozyme.crystal.n_blocks)
+    assert n == int(np.sum(table["threshold_blocks"] <= lysozyme.crystal.n_blocks))
+    assert dataset.count_significant(table, 2 * lysozyme.crystal.n_blocks)[0] >= n
+    assert d_min == pytest.approx(table["d_A"][table["threshold_blocks"] <= lysozyme.crystal.n_blocks].min())
+
+
+def test_labels_follow_the_cuts():
+    cuts = dataset.Cuts(weak=5, good=40, strong=150, ice_contrast=1.0)
+    x_rays = [0, 1, 1, 1, 1, 1, 1, 1]
+    n_sig = [500, 0, 4, 5, 39, 40, 150, 3]
+    ice = [0, 0, 0, 0, 0, 0, 0, 2.0]
+    assert dataset.label_codes(x_rays, n_sig, ice, cuts=cuts).tolist() == [0, 1, 1, 2, 2, 3, 4, 1]
+    assert dataset.label_codes(x_rays, n_sig, ice, cuts=cuts, ice=True).tolist() == [0, 1, 1, 2, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="weak < good < strong"):
+        dataset.Cuts(weak=50, good=40)
+
+
+def test_eight_bit_map_is_monotone_and_fixed():
+    adu = np.arange(65536, dtype=np.uint16)
+    grey = dataset.to_8bit(adu)
+    assert grey.dtype == np.uint8 and np.all(np.diff(grey.astype(int)) >= 0)
+    assert grey[dataset.ADU_ZERO] == 0 and grey[dataset.ADU_FULL] == 255
+    with pytest.raises(ValueError, match="uint16"):
+        dataset.to_8bit(adu.astype(np.int32))
+
+
+# --- Seeds, classes and splits --------------------------------------------------------------------------
+
+
+def test_splits_and_shares_are_exact_at_diffranet_scale():
+    config = dataset.BuildConfig(25000, seed=0)
+    targets, split = dataset.assign(config)
+    assert np.bincount(split).tolist() == [10000, 2400, 12600]
+    counts = np.bincount(targets, minlength=5)
+    assert counts.tolist() == [round(25000 * dataset.DIFFRANET_SHARES[c]) for c in dataset.CLASSES]
+    for code in range(5):  # every split holds every class in the same proportion, to one frame
+        assert np.abs(np.bincount(split[targets == code], minlength=3) - counts[code] * np.array(
+            dataset.SPLIT_SHARES)).max() < 1
+    again = dataset.assign(config)
+    assert np.array_equal(again[0], targets) and np.array_equal(again[1], split)
+    other = dataset.assign(replace(config, seed=1))
+    assert not np.array_equal(other[0], targets)
+
+
+def test_a_frame_depends_on_its_seed_and_index_only():
+    a = dataset.draw_frame(7, 11, "good", pixels=64)[1]
+    b = dataset.draw_frame(7, 11, "good", pixels=64)[1]
+    c = dataset.draw_frame(7, 12, "good", pixels=64)[1]
+    assert a == b or all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+    assert a["noise_seed"] != c["noise_seed"]
+    # Frames of one run share the beamline setup, and only that.
+    assert a["distance_mm"] == c["distance_mm"] and a["water_thickness_um"] != c["water_thickness_um"]
+
+
+@pytest.mark.parametrize("target", ["blank", "no-crystal", "weak", "good", "strong", "ice"])
+def test_a_drawn_frame_is_of_its_class_and_renders_from_its_row(target):
+    cuts = dataset.Cuts()
+    scene, p = dataset.draw_frame(5, 40, target, pixels=96, cuts=cuts)
+    code = dataset.label_codes([p["x_rays"]], [p["n_significant"]], [p["ice_contrast"]], cuts=cuts, ice=True)[0]
+    assert dataset.ALL_CLASSES[code] == target
+    assert (scene.crystal is not None) == bool(p["has_crystal"])
+    frame = render(scene, seed=p["noise_seed"])
+    assert np.array_equal(frame, render(dataset.scene_from_params(p, 96), seed=p["noise_seed"]))
+
+
+def test_shares_follow_the_targets_on_a_few_hundred_frames(tmp_path):
+    path = dataset.build(300, 11, tmp_path / "shares.h5", workers=0, pixels=32, progress=False)
+    with dataset.open_dataset(path) as ds:
+        info = dataset.summary(ds)
+        assert info["label_matches_target"] >= 0.97
+        for c, share in info["target_shares"].items():
+            assert info["shares"][c] == pytest.approx(share, abs=0.03)
+        # Every label is what its defining quantity says, and the quantity is stored to re-cut.
+        n_sig = ds.column("n_significant")
+        assert np.array_equal(ds.labels, dataset.relabel(ds, ds.config.cuts))
+        crystal = ds.labels >= 2
+        assert np.all(n_sig[crystal] >= ds.config.cuts.weak) and np.all(n_sig[ds.labels == 1] < ds.config.cuts.weak)
+        stricter = dataset.relabel(ds, dataset.Cuts(weak=10, good=80, strong=300))
+        assert np.all(stricter <= ds.labels) and np.any(stricter < ds.labels)
+        # Adjacent classes touch: the quantity runs continuously across each cut.
+        assert n_sig[ds.labels == 3].min() < 2 * ds.config.cuts.good
+        assert n_sig[ds.labels == 2].max() > ds.config.cuts.good / 2
+
+
+# --- Builds: Dask, byte identity, resume ----------------------------------------------------------------
+
+
+def test_one_and_two_workers_give_the_same_file(tiny, tmp_path):
+    one = dataset.build(24, 3, tmp_path / "one.h5", workers=1, **TINY)
+    two = dataset.build(24, 3, tmp_path / "two.h5", workers=2, **TINY)
+    assert sha256(one) == sha256(two) == sha256(tiny)
+    assert not (tmp_path / "one.h5.parts").exists()
+    with dataset.open_dataset(two) as ds:
+        assert ds.verify()
+
+
+def test_an_existing_scheduler_is_used_by_its_address(tiny, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": ":0"}) as cluster:
+        remote = dataset.build(24, 3, tmp_path / "remote.h5", scheduler=cluster.scheduler_address, **TINY)
+    assert sha256(remote) == sha256(tiny)
+
+
+def test_a_killed_build_resumes_to_the_same_file(tmp_path):
+    out = tmp_path / "killed.h5"
+    code = (f"from diffranb import dataset\n"
+            f"dataset.build(48, 5, {str(out)!r}, workers=1, pixels=256, shard_size=2, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    parts = tmp_path / "killed.h5.parts"
+    deadline = time.monotonic() + 60
+    try:
+        while len(list(parts.glob("shard_*.npz"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the build and its workers, mid-way
+        proc.wait()
+    done = len(list(parts.glob("shard_*.npz")))
+    assert not out.exists() and 3 <= done < 24, "the build was not interrupted mid-way"
+    resumed = dataset.build(48, 5, out, workers=0, pixels=256, shard_size=2, progress=False)
+    reference = dataset.build(48, 5, tmp_path / "reference.h5", workers=0, pixels=256, progress=False)
+    assert sha256(resumed) == sha256(reference)
+    assert not parts.exists()
+
+
+def test_an_existing_build_is_returned_untouched(tiny):
+    before = (sha256(tiny), tiny.stat().st_mtime_ns)
+    assert dataset.build(24, 3, tiny, workers=0, **TINY) == tiny
+    assert (sha256(tiny), tiny.stat().st_mtime_ns) == before
+
+
+# --- Bad input -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_images=0), "n_images = 0"),
+    (dict(n_images=-3), "n_images = -3"),
+    (dict(n_images=2.5), "n_images = 2.5"),
+    (dict(seed=-1), "seed = -1"),
+    (dict(classes=("blank", "no-crystal", "weak", "good", "strong", "snow")), "unknown class 'snow'"),
+    (dict(classes=("blank", "weak")), "five DiffraNet classes"),
+    (dict(shares={"blank": 1.0, "nonsense": 1.0}), "'nonsense' is not one of the classes"),
+    (dict(shares=(1.0, -1.0, 1.0, 1.0, 1.0)), "share ≥ 0"),
+    (dict(pixels=8), "pixels = 8"),
+    (dict(workers=-1), "workers = -1"),
+])
+def test_bad_parameters_are_refused(tmp_path, kwargs, message):
+    args = dict(n_images=4, seed=0, out=tmp_path / "x.h5", workers=0, pixels=32, progress=False) | kwargs
+    with pytest.raises(ValueError, match=message):
+        dataset.build(**args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_places_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        dataset.build(4, 0, tmp_path / "missing" / "x.h5", workers=0, pixels=32, progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="does not exist"):
+        dataset.build(4, 0, tmp_path / "file" / "x.h5", workers=0, pixels=32, progress=False)
+
+
+def test_existing_files_of_other_builds_are_never_overwritten(tiny, tmp_path):
+    before = sha256(tiny)
+    with pytest.raises(ValueError, match="other parameters.*seed"):
+        dataset.build(24, 4, tiny, workers=0, **TINY)
+    with pytest.raises(ValueError, match="other parameters.*n_images"):
+        dataset.build(25, 3, tiny, workers=0, **TINY)
+    assert sha256(tiny) == before
+    foreign = tmp_path / "notes.h5"
+    foreign.write_text("not hdf5")
+    with pytest.raises(ValueError, match="not an HDF5 file"):
+        dataset.build(4, 0, foreign, workers=0, pixels=32, progress=False)
+    assert foreign.read_text() == "not hdf5"
+
+
+def test_a_partial_build_with_other_parameters_is_refused(tmp_path):
+    out = tmp_path / "partial.h5"
+    parts = tmp_path / "partial.h5.parts"
+    parts.mkdir()
+    (parts / "manifest.json").write_text('{"format": "diffranb-dataset/1", "config": {"seed": 9}}')
+    with pytest.raises(ValueError, match="partial build with other parameters"):
+        dataset.build(4, 0, out, workers=0, pixels=32, progress=False)
+    assert not out.exists() and (parts / "manifest.json").exists()
+
+
+# --- Reading and exporting -------------------------------------------------------------------------------
+
+
+def test_the_file_is_read_lazily(tiny):
+    with dataset.open_dataset(tiny) as ds:
+        assert isinstance(ds.images, h5py.Dataset)  # nothing read yet
+        assert ds.images.chunks == (1, 64, 64) and ds.images.compression == "gzip" and ds.images.shuffle
+        assert ds.images.dtype == np.uint16 and len(ds) == 24
+        assert ds.image(5).shape == (64, 64)
+        assert np.array_equal(ds.image8(5), dataset.to_8bit(ds.image(5)))
+        seen = np.concatenate([idx for _, _, idx in ds.batches(ds.indices(split="test"), batch_size=5)])
+        assert np.array_equal(seen, ds.indices(split="test"))
+        images, labels, idx = next(ds.batches([7, 2], batch_size=2))
+        assert images.dtype == np.uint8 and np.array_equal(images[0], ds.image8(7)) and labels[1] == ds.labels[2]
+        row = ds.row(9)
+        assert np.array_equal(render(dataset.scene_from_params(row, 64), seed=int(row["noise_seed"])), ds.image(9))
+        f = ds._file
+        assert f.attrs["diffranb_version"] and f.attrs["seed"] == 3
+        assert len(f.attrs["content_sha256"]) == 64
+
+
+def test_png_export_has_the_diffranet_layout(tiny, tmp_path):
+    out = tmp_path / "png"
+    assert dataset.export_png(tiny, out, progress=False) == 24
+    files = sorted(out.glob("*/*/*.png"))
+    assert len(files) == 24
+    with dataset.open_dataset(tiny) as ds:
+        for path in files:
+            index = int(path.stem)
+            assert path.parent.parent.name == dataset.SPLITS[ds.split[index]]
+            assert path.parent.name == dataset.ALL_CLASSES[ds.labels[index]]
+        with Image.open(files[0]) as png:
+            assert png.mode == "L" and np.array_equal(np.asarray(png), ds.image8(int(files[0].stem)))
+    with pytest.raises(ValueError, match="not empty"):
+        dataset.export_png(tiny, out, progress=False)
+
+
+def test_the_ice_class_is_a_sixth_label(tmp_path):
+    path = dataset.build(40, 2, tmp_path / "ice.h5", classes=dataset.CLASSES + ("ice",), workers=0, pixels=48,
+                         progress=False)
+    with dataset.open_dataset(path) as ds:
+        assert ds.classes == dataset.ALL_CLASSES
+        ice = ds.labels == 5
+        assert ice.sum() == 4  # 10 % of 40
+        assert np.all(ds.column("ice_contrast")[ice] >= ds.config.cuts.ice_contrast)
+        assert np.all(ds.column("ice_thickness_um")[~ice] == 0)
+
+
+def test_command_line_generate_and_export(tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    assert cli.main(["generate", "--n", "8", "--seed", "1", "--out", str(out), "--workers", "0", "--pixels", "32",
+                     "--no-progress"]) == 0
+    assert "8 images of 32×32" in capsys.readouterr().out
+    assert cli.main(["export", "--data", str(out), "--png", str(tmp_path / "png"), "--no-progress"]) == 0
+    assert len(list((tmp_path / "png").glob("*/*/*.png"))) == 8
+    assert cli.main(["generate", "--n", "0", "--out", str(tmp_path / "bad.h5"), "--workers", "0"]) == 2
+    assert "n_images = 0" in capsys.readouterr().err
+
+
+# --- Figures ----------------------------------------------------------------------------------------------
+
+
+def test_the_chapter_figures_draw_from_a_built_set(tiny):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffranb import viz
+
+    with dataset.open_dataset(tiny) as ds:
+        names = ds.label_names()
+        axes = viz.plot_gallery([ds.image8(i) for i in range(6)], list(names[:6]), ncols=4)
+        assert len(axes) == 8 and sum(len(ax.images) > 0 for ax in axes) == 6
+        assert all(im.get_clim() == (0, 255) for ax in axes[:6] for im in ax.images)  # one grey scale
+        ax = viz.plot_class_quantity(ds.column("n_significant"), names, ("weak", "good", "strong"), cuts=(5, 40, 150))
+        assert len(ax.lines) == 3 and ax.get_xscale() == "log"
+        ax = viz.plot_by_class(ds.column("crystal_size_um"), names, ds.classes, log=True, xlabel="size (µm)")
+        assert len(ax.patches) == 3  # one outline per crystal class
+        ax = viz.plot_class_shares(ds.counts(), dict(zip(ds.classes, ds.config.shares)))
+        assert len(ax.patches) == 3 * 5
+        with pytest.raises(ValueError, match="8-bit"):
+            viz.plot_gallery([ds.image(0)], ["raw"])
+    plt.close("all")
