@@ -1,0 +1,192 @@
+"""How well a classifier sorts frames: the metrics of DiffraNet's Tables 5, 11 and 12, for any saved model.
+
+A saved model is a directory holding ``model.json`` with at least ``{"kind": "classic" | "deepfreak",
+"classes": [...], "dataset_hash": ..., "diffranb_version": ...}``. :func:`load_model` reads ``kind`` and hands
+the directory to :func:`diffranb.classic.load_model` or :func:`diffranb.deepfreak.load_model`; either returns
+an object with ``.classes`` and ``.predict(images8) -> (n,) int`` label codes for a (n, M, N) uint8 batch, and
+optionally ``.predict_dataset(ds, indices)``. :func:`metrics` and :func:`evaluate_model` serve both.
+
+References
+----------
+A. Souza, L. B. Oliveira, S. Hollatz, M. Feldman, K. Olukotun, J. M. Holton, A. E. Cohen, L. Nardi,
+"DeepFreak: Learning Crystallography Diffraction Patterns with Automated Machine Learning" (2019),
+arXiv:1904.11834. https://arxiv.org/abs/1904.11834
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Classes whose frames hold no crystal diffraction; every other class counts as "diffraction" in the
+#: binary accuracy (blank + no-crystal versus the rest).
+NO_DIFFRACTION = ("blank", "no-crystal")
+
+#: The paper's reference figures (test accuracy, %). Only the overall numbers are stored: the per-class
+#: confusion matrices, precisions and recalls of its Tables 11 and 12 are not reproduced here because they
+#: could not be transcribed with certainty.
+PAPER = {
+    "source": "Souza et al. (2019), arXiv:1904.11834, Tables 5, 11 and 12 (overall figures only)",
+    "test_accuracy": {"DeepFreak": 98.51, "RF+GLCM": 98.45, "SVM+GLCM": 97.66},
+    "binary_accuracy": 99.83,
+    "per_class": None,
+}
+
+#: What a model directory must say about itself.
+MODEL_KEYS = ("kind", "classes", "dataset_hash", "diffranb_version")
+KINDS = {"classic": "diffranb.classic", "deepfreak": "diffranb.deepfreak"}
+
+
+def read_model_json(path) -> dict:
+    """``model.json`` of a saved model directory, checked for the shared keys."""
+    file = Path(path) / "model.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{str(file)!r}: not a saved model (no model.json)")
+    info = json.loads(file.read_text())
+    missing = [k for k in MODEL_KEYS if k not in info]
+    if missing:
+        raise ValueError(f"{str(file)!r}: missing {missing}")
+    if info["kind"] not in KINDS:
+        raise ValueError(f"{str(file)!r}: kind = {info['kind']!r}, must be one of {tuple(KINDS)}")
+    return info
+
+
+def load_model(path):
+    """Load a saved model of any kind; the module of its kind is imported only now."""
+    info = read_model_json(path)
+    return importlib.import_module(KINDS[info["kind"]]).load_model(path)
+
+
+def metrics(y_true, y_pred, classes) -> dict:
+    """Accuracy, confusion matrix, per-class precision / recall / F1, macro-F1 and the binary accuracy.
+
+    Parameters
+    ----------
+    y_true, y_pred : (n,) int
+        Label codes: code i is ``classes[i]``.
+    classes : sequence of str
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``classes``, ``confusion`` (rows true, columns predicted), ``per_class``
+        ({class: {precision, recall, f1, support}}), ``macro_f1``, ``binary_accuracy`` and
+        ``binary_confusion`` (no diffraction, diffraction: :data:`NO_DIFFRACTION` against the rest).
+        A precision or recall with nothing to divide by is 0, as scikit-learn's ``zero_division=0``.
+
+    Examples
+    --------
+    >>> m = metrics([0, 0, 1, 2], [0, 1, 1, 2], ["blank", "no-crystal", "weak"])
+    >>> m["accuracy"], m["binary_accuracy"], m["per_class"]["no-crystal"]["precision"]
+    (0.75, 1.0, 0.5)
+    """
+    classes = [str(c) for c in classes]
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape}: must be equal 1-D shapes")
+    k = len(classes)
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if len(y) and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"{name}: codes must be in [0, {k}) for classes {classes}")
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    tp = np.diag(confusion)
+    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    empty = np.array([c in NO_DIFFRACTION for c in classes])
+    true_bin, pred_bin = ~empty[y_true], ~empty[y_pred]
+    binary = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(binary, (true_bin.astype(int), pred_bin.astype(int)), 1)
+    n = len(y_true)
+    return {
+        "n": int(n),
+        "accuracy": float(np.mean(y_true == y_pred)) if n else float("nan"),
+        "classes": classes,
+        "confusion": confusion.tolist(),
+        "per_class": {c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "macro_f1": float(np.mean(f1[support > 0])) if n else float("nan"),
+        "binary_accuracy": float(np.mean(true_bin == pred_bin)) if n else float("nan"),
+        "binary_confusion": binary.tolist(),
+    }
+
+
+def predict_split(model, ds, indices, batch_size: int = 64) -> np.ndarray:
+    """Label codes a model predicts for frames ``indices`` of data set ``ds``, streamed in batches."""
+    if hasattr(model, "predict_dataset"):
+        return np.asarray(model.predict_dataset(ds, indices), dtype=np.int64)
+    out = [np.asarray(model.predict(images), dtype=np.int64)
+           for images, _, _ in ds.batches(indices, batch_size, eight_bit=True)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_model(model, ds, split: str = "test") -> dict:
+    """:func:`metrics` of a loaded model on one split of an open data set, with what was evaluated.
+
+    Parameters
+    ----------
+    model
+        From :func:`load_model` (or any object with ``.classes`` and ``.predict``).
+    ds : diffranb.dataset.Dataset
+    split : {"train", "val", "test"}
+
+    Returns
+    -------
+    dict
+        The metrics, plus ``split``, ``dataset_sha256``, ``model_dataset_sha256``, ``same_dataset`` (whether
+        the model was trained on this very set) and ``seconds`` (wall time of the predictions).
+    """
+    if list(model.classes) != list(ds.classes):
+        raise ValueError(f"model classes {list(model.classes)} differ from the data set's {list(ds.classes)}")
+    indices = ds.indices(split)
+    start = time.perf_counter()
+    y_pred = predict_split(model, ds, indices)
+    seconds = time.perf_counter() - start
+    out = metrics(ds.labels[indices], y_pred, ds.classes)
+    trained_on = getattr(model, "dataset_hash", None)
+    return out | {"split": split, "dataset_sha256": ds.content_sha256, "model_dataset_sha256": trained_on,
+                  "same_dataset": trained_on == ds.content_sha256, "seconds": seconds}
+
+
+def comparison_rows(results: dict) -> list[tuple]:
+    """Rows (method, ours %, paper %) of test accuracy and the binary accuracy, for a side-by-side table.
+
+    Parameters
+    ----------
+    results : dict
+        Method name (as in :data:`PAPER`, e.g. ``"RF+GLCM"``) → :func:`metrics` output.
+    """
+    rows = []
+    for method, m in results.items():
+        rows.append((f"{method} accuracy", 100 * m["accuracy"], PAPER["test_accuracy"].get(method)))
+    for method, m in results.items():
+        rows.append((f"{method} binary accuracy", 100 * m["binary_accuracy"], PAPER["binary_accuracy"]))
+    return rows
+
+
+def format_report(results: dict) -> str:
+    """Plain-text report: accuracies next to the paper's, then each method's confusion matrix and
+    per-class precision and recall."""
+    lines = [f"{'':32s} {'ours (%)':>9s} {'paper (%)':>10s}"]
+    for name, ours, paper in comparison_rows(results):
+        lines.append(f"{name:32s} {ours:9.2f} {'—' if paper is None else f'{paper:.2f}':>10s}")
+    lines.append(f"paper: {PAPER['source']}; its one binary (diffraction / no diffraction) figure stands "
+                 "beside every method")
+    for method, m in results.items():
+        classes = m["classes"]
+        lines.append("")
+        lines.append(f"{method}: confusion (rows true, columns predicted), n = {m['n']}, "
+                     f"macro-F1 {m['macro_f1']:.4f}")
+        lines.append(" " * 12 + "".join(f"{c[:10]:>11s}" for c in classes) + f"{'recall':>9s}")
+        for c, row in zip(classes, m["confusion"]):
+            lines.append(f"{c[:11]:12s}" + "".join(f"{v:11d}" for v in row)
+                         + f"{100 * m['per_class'][c]['recall']:9.2f}")
+        lines.append(f"{'precision':12s}" + "".join(f"{100 * m['per_class'][c]['precision']:11.2f}"
+                                                  for c in classes))
+    return "\n".join(lines)

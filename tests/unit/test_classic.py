@@ -1,0 +1,88 @@
+"""Classic pipelines: configuration checks, class weights, training, and saving without pickle."""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffranb import classic, dataset, evaluate, features
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory):
+    return dataset.build(80, 0, tmp_path_factory.getbasetemp() / "classic_tiny.h5", pixels=128, workers=0,
+                         progress=False)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_set, tmp_path_factory):
+    return features.FeatureStore(tiny_set, tmp_path_factory.mktemp("features"), workers=0, progress=False)
+
+
+@pytest.mark.parametrize("field, value", [("extractor", "hog"), ("distances", ()), ("distances", (1, 3)),
+                                          ("angles", (0, 0)), ("points", 6), ("classifier", "knn"), ("C", 0.0),
+                                          ("max_features", 2.0), ("max_depth", 0), ("class_weight", "heavy")])
+def test_config_refuses_values_outside_the_space(field, value):
+    with pytest.raises(ValueError, match=f"ClassicConfig.{field}"):
+        classic.ClassicConfig(**{field: value})
+
+
+def test_config_round_trips_through_json_with_only_its_own_fields():
+    config = classic.ClassicConfig(extractor="lbp", points=16, radius=2, classifier="svm", C=8.0, gamma=0.5)
+    d = json.loads(json.dumps(config.to_dict()))
+    assert set(d) == {"extractor", "points", "radius", "classifier", "C", "gamma", "class_weight", "seed"}
+    assert classic.ClassicConfig.from_dict(d) == config
+    assert config.label() == "SVM+LBP"
+
+
+def test_class_weights_follow_the_label_codes():
+    assert classic.class_weight("empty-0.35", 5) == {0: 0.35, 1: 0.35, 2: 0.1, 3: 0.1, 4: 0.1}
+    assert classic.class_weight("balanced", 5) == "balanced" and classic.class_weight("none", 6) is None
+    with pytest.raises(ValueError, match="6"):
+        classic.class_weight("empty-0.25", 6)
+
+
+def test_search_space_grids_are_the_papers():
+    assert classic.SVM_C[0] == 2**-5 and classic.SVM_C[-1] == 2**15 and len(classic.SVM_C) == 11
+    assert classic.SVM_GAMMA[0] == 2**-15 and classic.SVM_GAMMA[-1] == 2**3 and len(classic.SVM_GAMMA) == 10
+
+
+@pytest.mark.parametrize("config", [
+    classic.ClassicConfig(distances=(1, 2), angles=(0, 90), n_estimators=20, class_weight="balanced"),
+    classic.ClassicConfig(extractor="lbp", points=8, radius=1, classifier="svm", C=2.0, gamma=2**-3),
+    classic.ClassicConfig(extractor="sift", words=10, n_estimators=10, max_depth=4),
+], ids=lambda c: c.label())
+def test_saved_model_loads_without_pickle_and_predicts_the_same(config, store, tiny_set, tmp_path):
+    model = classic.train(config, store, n_jobs=1)
+    path = classic.save_model(model, tmp_path / "model")
+    info = json.loads((path / "model.json").read_text())
+    assert info["kind"] == "classic" and info["dataset_hash"] == store.content_sha256
+    assert info["classes"] == list(dataset.CLASSES) and "diffranb_version" in info
+    loaded = evaluate.load_model(path)
+    with dataset.open_dataset(tiny_set) as ds:
+        test = ds.indices("test")
+        images = np.stack([ds.image8(i) for i in test])
+        streamed = loaded.predict_dataset(ds, test, cache_dir=store.dir.parent, workers=0)
+    predicted = loaded.predict(images)
+    assert predicted.dtype == np.int64 and predicted.shape == (len(test),)
+    np.testing.assert_array_equal(predicted, model.predict(images))
+    np.testing.assert_array_equal(predicted, streamed)
+
+
+def test_load_refuses_untrusted_types(store, tmp_path):
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    model = classic.train(classic.ClassicConfig(n_estimators=5), store, n_jobs=1)
+    path = classic.save_model(model, tmp_path / "model")
+    sio.dump(Pipeline([("f", FunctionTransformer(np.abs))]), path / "pipeline.skops")
+    with pytest.raises(ValueError, match="not trusted"):
+        classic.load_model(path)
+
+
+def test_training_is_seeded(store):
+    config = classic.ClassicConfig(n_estimators=15, max_features=0.5)
+    a, b = classic.train(config, store, n_jobs=1), classic.train(config, store, n_jobs=2)
+    x = store.features("glcm")
+    np.testing.assert_array_equal(a.pipeline.predict_proba(x), b.pipeline.predict_proba(x))

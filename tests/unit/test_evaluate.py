@@ -1,0 +1,116 @@
+"""Metrics on hand-made confusions, the model-kind dispatch and the evaluate command."""
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from diffranb import cli, dataset, evaluate
+
+CLASSES = list(dataset.CLASSES)
+
+
+def from_confusion(confusion):
+    """y_true, y_pred realising a confusion matrix (rows true, columns predicted)."""
+    pairs = [(i, j) for i, row in enumerate(confusion) for j, n in enumerate(row) for _ in range(n)]
+    return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+
+
+def test_metrics_of_a_hand_made_confusion():
+    confusion = [[10, 0, 0, 0, 0],   # blank
+                 [2, 8, 0, 0, 0],    # no-crystal: 2 called blank (still "no diffraction")
+                 [0, 1, 7, 2, 0],    # weak: 1 missed as no-crystal
+                 [0, 0, 1, 9, 0],
+                 [0, 0, 0, 0, 10]]
+    m = evaluate.metrics(*from_confusion(confusion), CLASSES)
+    assert m["n"] == 50 and m["confusion"] == confusion
+    assert m["accuracy"] == pytest.approx(44 / 50)
+    assert m["per_class"]["blank"]["precision"] == pytest.approx(10 / 12)
+    assert m["per_class"]["no-crystal"]["precision"] == pytest.approx(8 / 9)
+    assert m["per_class"]["weak"]["recall"] == pytest.approx(0.7)
+    assert m["per_class"]["good"]["precision"] == pytest.approx(9 / 11)
+    f1 = [2 * p * r / (p + r) for p, r in [(10 / 12, 1), (8 / 9, 0.8), (7 / 8, 0.7), (9 / 11, 0.9), (1, 1)]]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    # binary: only the weak frame called no-crystal crosses the line
+    assert m["binary_confusion"] == [[20, 0], [1, 29]]
+    assert m["binary_accuracy"] == pytest.approx(49 / 50)
+    json.dumps(m, allow_nan=False)
+
+
+def test_a_class_never_predicted_has_precision_zero_not_nan():
+    m = evaluate.metrics([0, 1, 2], [0, 0, 0], CLASSES[:3])
+    assert m["per_class"]["weak"]["precision"] == 0.0 and m["per_class"]["weak"]["f1"] == 0.0
+    with pytest.raises(ValueError, match="codes"):
+        evaluate.metrics([0, 5], [0, 1], CLASSES[:3])
+
+
+def test_paper_reference_holds_the_overall_figures():
+    assert evaluate.PAPER["test_accuracy"] == {"DeepFreak": 98.51, "RF+GLCM": 98.45, "SVM+GLCM": 97.66}
+    assert evaluate.PAPER["binary_accuracy"] == 99.83
+    rows = evaluate.comparison_rows({"RF+GLCM": evaluate.metrics([0, 1], [0, 1], CLASSES[:2])})
+    assert rows[0] == ("RF+GLCM accuracy", 100.0, 98.45)
+
+
+def write_model_json(path, **info):
+    path.mkdir()
+    (path / "model.json").write_text(json.dumps(info))
+    return path
+
+
+def test_load_model_dispatches_on_kind_lazily(tmp_path, monkeypatch):
+    fake = types.ModuleType("fake_deepfreak")
+    fake.load_model = lambda p: ("loaded", str(p))
+    monkeypatch.setitem(sys.modules, "fake_deepfreak", fake)
+    monkeypatch.setitem(evaluate.KINDS, "deepfreak", "fake_deepfreak")
+    path = write_model_json(tmp_path / "m", kind="deepfreak", classes=CLASSES, dataset_hash="0", diffranb_version="x")
+    assert evaluate.load_model(path) == ("loaded", str(path))
+    with pytest.raises(ValueError, match="missing"):
+        evaluate.load_model(write_model_json(tmp_path / "bad", kind="classic"))
+    with pytest.raises(ValueError, match="kind"):
+        evaluate.load_model(write_model_json(tmp_path / "odd", kind="knn", classes=CLASSES, dataset_hash="0",
+                                             diffranb_version="x"))
+    with pytest.raises(FileNotFoundError):
+        evaluate.load_model(tmp_path / "none")
+
+
+class Oracle:
+    """A 'model' that predicts from a lookup of the set's labels, wrong on strong frames (called good)."""
+
+    classes = tuple(CLASSES)
+    dataset_hash = "elsewhere"
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def predict(self, images):
+        raise AssertionError("predict_dataset is preferred")
+
+    def predict_dataset(self, ds, indices):
+        y = ds.labels[indices].astype(np.int64)
+        return np.where(y == 4, 3, y)
+
+
+def test_evaluate_model_on_a_split(tmp_path):
+    path = dataset.build(40, 1, tmp_path / "s.h5", pixels=64, workers=0, progress=False)
+    with dataset.open_dataset(path) as ds:
+        result = evaluate.evaluate_model(Oracle(ds), ds, "test")
+        test = ds.indices("test")
+        strong = int(np.sum(ds.labels[test] == 4))
+    assert result["n"] == len(test) and result["split"] == "test"
+    assert result["accuracy"] == pytest.approx(1 - strong / len(test))
+    assert result["binary_accuracy"] == 1.0 and result["same_dataset"] is False
+
+
+def test_evaluate_command_prints_json(tmp_path, capsys):
+    data = dataset.build(60, 2, tmp_path / "s.h5", pixels=128, workers=0, progress=False)
+    model = tmp_path / "model"
+    assert cli.main(["train", "classic", "--data", str(data), "--out", str(model), "--distances", "1,2",
+                     "--angles", "0", "--n-estimators", "10", "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(data), "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "test" and result["same_dataset"] is True and 0 <= result["accuracy"] <= 1
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
+    assert "RF+GLCM accuracy" in capsys.readouterr().out

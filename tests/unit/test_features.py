@@ -1,0 +1,162 @@
+"""Feature extractors: hand-checked GLCMs and LBP codes, equality with scikit-image, the SIFT vocabulary's
+training data, and the cache of whole data sets."""
+
+import numpy as np
+import pytest
+from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
+
+from diffranb import dataset, features
+
+# scikit-image's documentation example: four grey levels on a 4 × 4 image
+IMAGE_4X4 = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 2, 2, 2], [2, 2, 3, 3]], dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory):
+    """80 frames of 128² (built once per session; later builds at the same path return it)."""
+    return dataset.build(80, 0, tmp_path_factory.getbasetemp() / "classic_tiny.h5", pixels=128, workers=0,
+                         progress=False)
+
+
+def test_glcm_of_a_4x4_image_by_hand():
+    # distance 1, angle 0: the 12 horizontal pairs are (0,0)×2, (0,1)×2, (1,1)×2, (0,2), (2,2)×3, (2,3),
+    # (3,3); made symmetric they count 24, with gaps 1 (×6), 2 (×2) and 0 (the other 16)
+    m = features.glcm_matrix(IMAGE_4X4, 1, 0)
+    expected = np.zeros((256, 256))
+    expected[:4, :4] = np.array([[4, 2, 1, 0], [2, 4, 0, 0], [1, 0, 6, 1], [0, 0, 1, 2]]) / 24
+    np.testing.assert_array_equal(m, expected)
+    contrast, dissimilarity, homogeneity, asm, energy, correlation = features.glcm_features(IMAGE_4X4, [1], [0])
+    assert contrast == pytest.approx((6 * 1 + 2 * 4) / 24)
+    assert dissimilarity == pytest.approx((6 * 1 + 2 * 2) / 24)
+    assert homogeneity == pytest.approx((16 + 6 / 2 + 2 / 5) / 24)
+    assert asm == pytest.approx((2 * 4**2 + 2 * 2**2 + 6**2 + 2**2 + 4 * 1**2) / 24**2)
+    assert energy == pytest.approx(np.sqrt(asm))
+    assert -1 <= correlation <= 1
+
+
+def test_glcm_offsets_round_like_skimage():
+    # 45° at distance 5 is (−3.54, 3.54) → (4, 4) with rows counted upward as skimage does
+    assert features.glcm_offsets([1, 5], [0, 45, 90, 135]).tolist() == [
+        [0, 1], [1, 1], [1, 0], [1, -1], [0, 5], [4, 4], [5, 0], [4, -4]]
+
+
+def test_glcm_equals_skimage_to_1e10(tiny_set):
+    rng = np.random.default_rng(1)
+    with dataset.open_dataset(tiny_set) as ds:
+        frames = [ds.image8(i) for i in range(0, 80, 8)]
+    others = [rng.integers(0, 256, (40, 33)).astype(np.uint8), np.full((9, 9), 7, np.uint8), IMAGE_4X4]
+    for k, image in enumerate(frames + others):
+        g = graycomatrix(image, features.GLCM_DISTANCES, np.deg2rad(features.GLCM_ANGLES), 256, symmetric=True,
+                         normed=True)
+        reference = np.concatenate([graycoprops(g, p).ravel() for p in features.GLCM_PROPS])
+        # ours sums integer counts exactly; skimage's float sums over 65536 cells carry ~1e-14 relative error,
+        # which on white noise (contrast ≈ 10⁴) exceeds 1e-10 absolute: there the bound is relative
+        tolerance = {"rtol": 0, "atol": 1e-10} if k < len(frames) else {"rtol": 1e-10, "atol": 1e-10}
+        np.testing.assert_allclose(features.glcm_features(image), reference, **tolerance)
+
+
+def test_glcm_subset_is_a_column_selection():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (30, 30)).astype(np.uint8)
+    full = features.glcm_features(image)
+    cols = features.glcm_columns((2, 8), (45, 135))
+    np.testing.assert_array_equal(full[cols], features.glcm_features(image, (2, 8), (45, 135)))
+    with pytest.raises(ValueError, match="distance = 3"):
+        features.glcm_columns((3,), (0,))
+
+
+def test_lbp_of_a_bright_centre_by_hand():
+    image = np.zeros((3, 3), np.uint8)
+    image[1, 1] = 9
+    # every neighbour of the centre is darker: no bit set, code 0; a dark pixel beside it sees it
+    codes = features.lbp_image(image, 4, 1)
+    assert codes[1, 1] == 0
+    assert codes.dtype == np.uint8 and codes.max() <= 5
+
+
+@pytest.mark.parametrize("points, radius", [(4, 1), (8, 1), (8, 2), (16, 2), (24, 3), (4, 3)])
+def test_lbp_equals_skimage(points, radius):
+    rng = np.random.default_rng(points * 10 + radius)
+    for image in (rng.integers(0, 256, (37, 29)), rng.integers(0, 3, (20, 20)), np.full((8, 11), 5)):
+        image = image.astype(np.uint8)
+        np.testing.assert_array_equal(features.lbp_image(image, points, radius),
+                                      local_binary_pattern(image, points, radius, "uniform"))
+
+
+@pytest.mark.parametrize("points", features.LBP_POINTS)
+def test_lbp_histogram_has_p_plus_2_bins_whatever_the_image(points):
+    for image in (np.zeros((16, 16), np.uint8), np.full((16, 16), 255, np.uint8),
+                  np.random.default_rng(0).integers(0, 256, (16, 16)).astype(np.uint8)):
+        h = features.lbp_histogram(image, points, 2)
+        assert h.shape == (points + 2,) and h.sum() == pytest.approx(1.0)
+
+
+def test_lbp_block_columns_match_single_histograms():
+    image = np.random.default_rng(3).integers(0, 256, (24, 24)).astype(np.uint8)
+    block = features._block_features(image[None], "lbp")[0]
+    assert block.shape == (sum(3 * (p + 2) for p in features.LBP_POINTS),)
+    np.testing.assert_array_equal(block[features.lbp_columns(16, 3)], features.lbp_histogram(image, 16, 3))
+
+
+def test_vocabulary_words_and_histograms_by_hand():
+    vocab = features.Vocabulary(np.stack([np.zeros(128), np.full(128, 200.0)]))
+    descriptors = np.array([[1] * 128, [190] * 128, [5] * 128], dtype=np.uint8)
+    assert vocab.words(descriptors).tolist() == [0, 1, 0]
+    # frame 0 owns the first two, frame 1 none, frame 2 the last
+    h = vocab.histograms(descriptors, [0, 2, 2, 3])
+    np.testing.assert_array_equal(h, [[0.5, 0.5], [0.0, 0.0], [1.0, 0.0]])
+
+
+def test_sift_of_a_blank_frame_is_the_zero_vector():
+    vocab = features.Vocabulary(np.random.default_rng(0).uniform(0, 50, (10, 128)))
+    x = features.extract("sift", np.zeros((2, 64, 64), np.uint8), vocabulary=vocab)
+    assert x.shape == (2, 10) and not np.isnan(x).any() and (x == 0).all()
+
+
+def test_extract_refuses_unknown_kinds_and_parameters():
+    images = np.zeros((1, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match="kind"):
+        features.extract("hog", images)
+    with pytest.raises(TypeError, match="radius"):
+        features.extract("glcm", images, radius=3)
+    assert features.extract("lbp", images, points=8, radius=1).shape == (1, 10)
+    assert len(features.feature_names("glcm", distances=(1,), angles=(0, 90))) == 12
+
+
+def test_vocabulary_is_fitted_on_the_training_split_only(tiny_set, tmp_path, monkeypatch):
+    store = features.FeatureStore(tiny_set, tmp_path, workers=0, progress=False)
+    descriptors, offsets = store.descriptors()
+    seen = {}
+    fit = features.Vocabulary.fit.__func__
+
+    def spy(cls, d, k, **kw):
+        seen["descriptors"] = np.array(d)
+        return fit(cls, d, k, **kw)
+
+    monkeypatch.setattr(features.Vocabulary, "fit", classmethod(spy))
+    store.vocabulary(10)
+    train = store.indices("train")
+    expected = np.concatenate([descriptors[offsets[i]:offsets[i + 1]] for i in train])
+    assert len(expected) < len(descriptors)  # other splits have descriptors too, and none were used
+    np.testing.assert_array_equal(seen["descriptors"], expected)
+    # every split is then described in the same words: the cached table equals the histograms of all frames
+    np.testing.assert_array_equal(store.features("sift", k=10),
+                                  store.vocabulary(10).histograms(descriptors, offsets))
+
+
+def test_store_extracts_once_and_equals_in_memory_extraction(tiny_set, tmp_path, monkeypatch):
+    store = features.FeatureStore(tiny_set, tmp_path, workers=2, chunk_size=16, progress=False)
+    glcm = store.features("glcm", distances=(1, 4), angles=(0, 90))
+    lbp = store.features("lbp", points=8, radius=2)
+    with dataset.open_dataset(tiny_set) as ds:
+        images = dataset.to_8bit(ds.images[:])
+    np.testing.assert_array_equal(glcm, features.extract("glcm", images, distances=(1, 4), angles=(0, 90)))
+    np.testing.assert_array_equal(lbp, features.extract("lbp", images, points=8, radius=2))
+    files = sorted(p.name for p in store.dir.iterdir())
+    assert any(f.startswith("glcm-") for f in files) and any(f.startswith("lbp-") for f in files)
+
+    again = features.FeatureStore(tiny_set, tmp_path, workers=0, progress=False)
+    monkeypatch.setattr(again, "_run", lambda *a: pytest.fail("re-extracted a cached block"))
+    np.testing.assert_array_equal(again.features("glcm", distances=(1, 4), angles=(0, 90)), glcm)
+    np.testing.assert_array_equal(again.features("lbp", points=24, radius=3)[:, :26],
+                                  again.block("lbp")[:, features.lbp_columns(24, 3)])

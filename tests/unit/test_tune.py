@@ -1,0 +1,79 @@
+"""The Hyperopt search: its space, persistence after every trial, exact resumption, and time limits."""
+
+import json
+
+import numpy as np
+import pytest
+
+from diffranb import classic, dataset, features, tune
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory):
+    return dataset.build(80, 0, tmp_path_factory.getbasetemp() / "classic_tiny.h5", pixels=128, workers=0,
+                         progress=False)
+
+
+def test_every_point_of_the_space_is_a_valid_config():
+    from hyperopt.pyll.stochastic import sample
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(300):
+        config = tune.config_from_sample(sample(tune.space(), rng=rng), seed=4)
+        assert config.seed == 4
+        seen.add(config.label())
+    assert seen == {f"{c}+{e}" for c in ("RF", "SVM") for e in ("GLCM", "LBP", "SIFT")}
+
+
+def test_glcm_subsets_are_all_non_empty_subsets():
+    assert len(tune._subsets(features.GLCM_DISTANCES)) == 2**5 - 1
+    assert len(tune._subsets(features.GLCM_ANGLES)) == 2**4 - 1
+    assert () not in tune._subsets(features.GLCM_ANGLES)
+
+
+def test_interrupted_search_resumes_exactly(tiny_set, tmp_path):
+    kw = {"n_trials": 5, "seed": 3, "cache_dir": tmp_path / "cache", "timeout_s": 60, "workers": 1,
+          "progress": False}
+    whole = tune.run(tiny_set, tmp_path / "whole.json", **kw)
+    assert len(whole["trials"]) == 5
+    part = tmp_path / "part.json"
+    tune.run(tiny_set, part, stop_after=2, **kw)
+    saved = json.loads(part.read_text())
+    assert len(saved["trials"]) == 2  # persisted as it went
+    resumed = tune.run(tiny_set, part, **kw)
+    assert [(t["config"], t["loss"]) for t in resumed["trials"]] == [(t["config"], t["loss"]) for t in whole["trials"]]
+    assert resumed["best"]["loss"] == min(t["loss"] for t in whole["trials"] if t["loss"] is not None)
+    assert tune.best_config(part) == classic.ClassicConfig.from_dict(resumed["best"]["config"])
+    with pytest.raises(ValueError, match="seed"):
+        tune.run(tiny_set, part, **(kw | {"seed": 4, "n_trials": 6}))
+
+
+def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):
+    store = features.FeatureStore(tiny_set, tmp_path, workers=0, progress=False)
+    store.precompute(("glcm",))
+    with tune.TrialRunner(tiny_set, tmp_path, n_jobs=1, timeout_s=1e-3) as runner:
+        result = runner(classic.ClassicConfig(n_estimators=1000))
+        assert result["error"].startswith("timeout")
+        runner.timeout_s = 60
+        ok = runner(classic.ClassicConfig(n_estimators=5))  # a fresh worker takes over
+        assert 0 <= ok["val_accuracy"] <= 1 and "error" not in ok
+
+
+def test_tune_command_searches_then_reports(tiny_set, tmp_path, capsys):
+    from diffranb import cli
+
+    out, report = tmp_path / "trials.json", tmp_path / "report"
+    assert cli.main(["tune", "hyperopt", "--data", str(tiny_set), "--trials", "3", "--out", str(out),
+                     "--cache", str(tmp_path / "cache"), "--workers", "1", "--no-progress", "--report", str(report),
+                     "--models", str(tmp_path / "models")]) == 0
+    assert "3 trials" in capsys.readouterr().out
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["command"].startswith("diffranb ") and metrics["hyperopt"]["trials"] == 3
+    with dataset.open_dataset(tiny_set) as ds:
+        assert metrics["dataset_sha256"] == ds.content_sha256
+    assert metrics["wall_seconds"] > 0 and "best" in metrics["methods"]
+    assert (report / "search.png").is_file() and (report / "confusion.png").is_file()
+    best = metrics["methods"]["best"]
+    assert (tmp_path / "models" / "best" / "model.json").is_file()
+    assert 0 <= best["test"]["accuracy"] <= 1 and best["config"] == tune.load_trials(out)["best"]["config"]
