@@ -1,0 +1,151 @@
+"""BOHB: the search space, the nameserver's lifetime, resuming from the log, failures, dead workers, timeouts.
+
+Most searches here use toy objectives (a few milliseconds an evaluation) in real worker processes, so what
+is tested is the machinery: hpbandster, Pyro, the processes and the log. One search trains DeepFreak itself,
+on 64 × 64 frames.
+"""
+
+import json
+import math
+import multiprocessing as mp
+import os
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("hpbandster")
+
+from diffranb import bohb, cli, dataset, tune  # noqa: E402
+
+
+class Quadratic:
+    """Loss falls with the budget and is lowest at learning rate 0.01; optionally fails, sleeps or dies."""
+
+    def __init__(self, fail_from_budget=math.inf, sleep=0.0, die=False):
+        self.fail_from_budget, self.sleep, self.die = fail_from_budget, sleep, die
+
+    def settings(self):
+        return {"toy": True}
+
+    def __call__(self, config, budget):
+        if self.die:
+            os._exit(3)
+        time.sleep(self.sleep)
+        if budget >= self.fail_from_budget:
+            raise ArithmeticError(f"refusing budget {budget}")
+        loss = (math.log10(config["learning_rate"]) + 2) ** 2 / 20 + 0.1 / budget
+        return {"loss": loss, "info": {"val_accuracy": 1 - loss, "settings": self.settings()}}
+
+
+def port_is_closed(host, port):
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) != 0
+
+
+SMALL = dict(min_budget=1, max_budget=9, eta=3, verbose=False)
+
+
+def test_the_search_space_is_the_papers_table_9():
+    cs = bohb.config_space()
+    hp = {h.name: h for h in cs.values()}
+    assert sorted(hp) == ["batch_size", "learning_rate", "momentum", "topology", "weight_decay"]
+    assert list(hp["topology"].choices) == list(range(13))
+    assert (hp["learning_rate"].lower, hp["learning_rate"].upper, hp["learning_rate"].log) == (1e-4, 10.0, True)
+    assert (hp["momentum"].lower, hp["momentum"].upper) == (0.5, 1.0)
+    assert (hp["weight_decay"].lower, hp["weight_decay"].upper) == (1e-5, 5e-5)
+    assert list(hp["batch_size"].choices) == [1, 2, 4, 8, 16, 32, 64]
+    assert bohb.budgets(1, 27, 3) == [1, 3, 9, 27]
+    with pytest.raises(ValueError, match="unknown"):
+        bohb.config_space(space={"dropout": (0, 1)})
+
+
+def test_a_search_runs_on_loopback_stops_its_nameserver_and_resumes_from_its_log(tmp_path, capsys):
+    out = tmp_path / "search"
+    first = bohb.run_bohb(None, out, n_iterations=1, objective=Quadratic(), n_workers=1, **SMALL)
+    host, port = first.nameserver
+    assert host == "127.0.0.1" and port > 0
+    assert json.loads((out / "nameserver.json").read_text())["port"] == port
+    assert port_is_closed(host, port)
+    assert not mp.active_children()
+    # one Hyperband iteration at eta 3 from 1 to 9 epochs: 9 configurations at 1, 3 at 3, 1 at 9
+    assert sorted(r["budget"] for r in first.runs) == [1.0] * 9 + [3.0] * 3 + [9.0]
+    assert first.incumbent is not None and not first.failures
+    log = {name: (out / name).read_text() for name in bohb.LOG_FILES}
+
+    second = bohb.run_bohb(None, out, n_iterations=2, objective=Quadratic(), n_workers=2, **SMALL)
+    assert port_is_closed(*second.nameserver)
+    for name in bohb.LOG_FILES:  # the first search's lines are kept, the new ones appended
+        assert (out / name).read_text().startswith(log[name])
+    iterations = {r["config_id"][0] for r in second.runs}
+    assert iterations == {0, 1}
+    assert len({(r["config_id"], r["budget"]) for r in second.runs}) == len(second.runs)
+    assert any(r["model_based"] for r in second.runs if r["config_id"][0] == 1)  # warm-started model
+    assert second.incumbent_val_accuracy >= first.incumbent_val_accuracy
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_runs"] == len(second.runs)
+
+    again = bohb.run_bohb(None, out, n_iterations=2, objective=Quadratic(), **SMALL)
+    assert len(again.runs) == len(second.runs)  # nothing left to do: no nameserver, no evaluation
+
+
+def test_a_raising_objective_is_reported_not_a_hang(tmp_path):
+    with pytest.warns(RuntimeWarning, match="failed.*refusing budget"):
+        result = bohb.run_bohb(None, tmp_path / "partly", n_iterations=1, objective=Quadratic(fail_from_budget=3),
+                               timeout=120, **SMALL)
+    # the 3 configurations promoted to 3 epochs fail; Hyperband still promotes one of them to 9
+    assert len(result.failures) == 4 and sorted(f["budget"] for f in result.failures) == [3.0, 3.0, 3.0, 9.0]
+    assert "ArithmeticError" in result.failures[0]["error"]
+    assert {r["budget"] for r in result.runs if r["exception"] is None} == {1.0}
+    with pytest.raises(RuntimeError, match="failed.*refusing budget 1"):
+        bohb.run_bohb(None, tmp_path / "all", n_iterations=1, objective=Quadratic(fail_from_budget=0),
+                      timeout=120, **SMALL)
+
+
+def test_dead_workers_and_the_timeout_stop_the_search(tmp_path):
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="workers died"):
+        bohb.run_bohb(None, tmp_path / "dead", n_iterations=1, objective=Quadratic(die=True), timeout=120, **SMALL)
+    with pytest.raises(RuntimeError, match="timeout"):
+        bohb.run_bohb(None, tmp_path / "slow", n_iterations=1, objective=Quadratic(sleep=60), timeout=3, **SMALL)
+    assert time.perf_counter() - t0 < 60
+    assert not mp.active_children()
+
+
+def test_a_log_line_cut_by_a_kill_is_ignored(tmp_path):
+    (tmp_path / "configs.json").write_text(json.dumps([[0, 0, 0], {"learning_rate": 0.01}, {}]) + "\n")
+    (tmp_path / "results.json").write_text(
+        json.dumps([[0, 0, 0], 1.0, {"started": 1.0, "finished": 2.0}, {"loss": 0.5, "info": {}}, None])
+        + "\n[[0, 0, 1], 1.0, {\"star")
+    runs = bohb.read_log(tmp_path)
+    assert len(runs) == 1 and runs[0]["loss"] == 0.5
+    assert bohb.completed_iterations(runs, max_budget=1.0) == 1
+
+
+def test_tune_bohb_trains_deepfreak_and_train_takes_its_incumbent(tmp_path, capsys):
+    data = dataset.build(90, 5, tmp_path / "tiny.h5", pixels=64, workers=0, progress=False)
+    out = tmp_path / "bohb"
+    args = ["tune", "bohb", "--data", str(data), "--out", str(out), "--iterations", "1", "--min-budget", "1",
+            "--max-budget", "3", "--topologies", "8,9,12", "--binning", "1", "--max-train", "16", "--max-val", "9",
+            "--threads", "1", "--keep-checkpoints"]
+    assert cli.main(args) == 0
+    runs = bohb.read_log(out)
+    assert sorted(r["budget"] for r in runs) == [1.0, 1.0, 1.0, 3.0]
+    assert all(r["exception"] is None and 0 <= r["val_accuracy"] <= 1 for r in runs)
+    promoted = [r for r in runs if r["budget"] == 3.0][0]
+    if "diverged" not in promoted["info"]:  # a learning rate near 10 may diverge: loss 1, not a failure
+        assert promoted["info"]["epochs_computed"] == 2  # continued from its 1-epoch checkpoint
+    assert len(list((out / "evals").iterdir())) == 3
+    assert "4 evaluations" in capsys.readouterr().out
+
+    model = tmp_path / "model"
+    assert cli.main(["train", "deepfreak", "--data", str(data), "--out", str(model), "--bohb", str(out),
+                     "--epochs", "1", "--binning", "1", "--max-train", "16", "--threads", "1", "--no-progress"]) == 0
+    meta = json.loads((model / "model.json").read_text())
+    incumbent = json.loads((out / "summary.json").read_text())["incumbent"]
+    assert {k: meta["train_config"][k] for k in incumbent} == incumbent
+
+
+def test_tune_run_bohb_is_this_search():
+    assert tune.run_bohb.__doc__ and "diffranb.bohb.run_bohb" in tune.run_bohb.__doc__

@@ -1,0 +1,238 @@
+"""DeepFreak: topologies, input scaling, the learning-rate schedule, checkpoints and saved models.
+
+Everything trains the 8-filter topologies on 64 × 64 frames for an epoch or two: seconds on two cores.
+"""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from diffranb import cli, dataset, deepfreak as dfk, evaluate  # noqa: E402
+
+#: Width of the classifier of each topology on 512² frames in the authors' published worker ("final_size"
+#: × 4 bottleneck expansion): pins the strides, paddings and pools to the original networks.
+PUBLISHED_FC_INPUTS = (32768, 8192, 8192, 8192, 2048, 2048, 2048, 8192, 25600, 6400, 8192, 8192, 12800)
+
+TINY = dict(topology=8, batch_size=8, binning=1, learning_rate=0.05, momentum=0.9, max_train=24, max_val=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """120 frames of 64 × 64 pixels (48 train, 12 val, 60 test)."""
+    return dataset.build(120, 3, tmp_path_factory.mktemp("data") / "tiny.h5", pixels=64, workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "deepfreak"
+    result = dfk.train(tiny_set, out, dfk.TrainConfig(**TINY, epochs=2), progress=False, threads=1)
+    return out, result
+
+
+def test_there_are_13_topologies_and_the_chosen_one_is_the_papers():
+    assert len(dfk.TOPOLOGIES) == 13
+    chosen = dfk.TOPOLOGIES[dfk.CHOSEN_TOPOLOGY]
+    assert (chosen.filters, chosen.conv_size, chosen.conv_stride, chosen.pool1_size, chosen.pool1_stride,
+            chosen.pool2_size, chosen.pool2_stride, chosen.block_strides) == (64, 7, 2, 3, 2, 7, 1, (1, 2, 3, 3))
+    assert {t.filters for t in dfk.TOPOLOGIES} == {64, 16, 8}
+
+
+@pytest.mark.parametrize("index", range(13))
+def test_every_topology_builds_and_runs_a_forward_pass(index):
+    net = dfk.build_network(index, 5, (128, 128)).eval()
+    with torch.no_grad():
+        out = net(torch.zeros(2, 1, 128, 128))
+    assert out.shape == (2, 5)
+    shapes = dfk.feature_shapes(dfk.TOPOLOGIES[index], (128, 128))
+    assert net.features(torch.zeros(1, 1, 128, 128)).shape[2:] == shapes["stage4"]
+
+
+def test_classifier_widths_on_512_match_the_published_networks():
+    widths = tuple(dfk.complexity(t, (512, 512))["fc_inputs"] for t in dfk.TOPOLOGIES)
+    assert widths == PUBLISHED_FC_INPUTS
+
+
+def test_the_chosen_topology_runs_on_a_512_frame():
+    net = dfk.build_network(dfk.CHOSEN_TOPOLOGY, 5, (512, 512)).eval()
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 1, 512, 512)).shape == (1, 5)
+    c = dfk.complexity(dfk.CHOSEN_TOPOLOGY, (512, 512))
+    assert c["final_map"] == (8, 8)  # 512 → 256 (conv /2) → 128 (pool /2) → 128, 64, 22, 8
+    # ResNet-50 has 23.5 M weights besides its 1000-class classifier; this one's classifier is 8192 × 5
+    assert c["params"] == pytest.approx(23.5e6 + 8192 * 5, rel=0.01)
+
+
+def test_a_network_too_small_for_its_input_is_refused():
+    with pytest.raises(ValueError, match="too small"):
+        dfk.feature_shapes(dfk.TOPOLOGIES[0], (0, 0))
+    with pytest.raises(ValueError, match="topology"):
+        dfk.topology(13)
+    with pytest.raises(ValueError, match="block_strides"):
+        dfk.Topology(filters=8, block_strides=(1, 2, 2))
+
+
+def test_learning_rate_is_divided_by_ten_every_ten_epochs_not_at_epoch_zero():
+    config = dfk.TrainConfig(learning_rate=0.5)
+    rates = [dfk.learning_rate(config, e) for e in range(31)]
+    assert rates[:10] == [0.5] * 10
+    assert rates[10:20] == pytest.approx([0.05] * 10)
+    assert rates[20:30] == pytest.approx([0.005] * 10)
+    assert rates[30] == pytest.approx(0.0005)
+
+
+def test_binning_averages_blocks_and_scales_to_one():
+    frame = np.arange(16, dtype=np.uint8).reshape(1, 4, 4) * 17  # 0 … 255
+    binned = dfk.bin_images(frame, 2)
+    assert binned.shape == (1, 2, 2)
+    # top-left block: 0, 1, 4, 5 (× 17 / 255)
+    assert binned[0, 0, 0] == pytest.approx((0 + 1 + 4 + 5) * 17 / 255 / 4)
+    assert dfk.bin_images(frame, 1)[0, 3, 3] == pytest.approx(1.0)
+    assert dfk.bin_images(np.zeros((1, 5, 5), np.uint8), 2).shape == (1, 2, 2)  # the odd row is dropped
+    with pytest.raises(ValueError, match="binning"):
+        dfk.bin_images(frame, 0)
+    with pytest.raises(ValueError, match="uint8"):
+        dfk.bin_images(frame.astype(np.uint16), 2)
+
+
+def test_the_mean_image_is_the_training_frames_per_pixel_mean_and_is_subtracted(tiny_set, trained):
+    out, _ = trained
+    model = dfk.load_model(out)
+    with dataset.open_dataset(tiny_set) as ds:
+        train = dfk.subset(ds, "train", TINY["max_train"], 0)
+        frames = np.stack([ds.image8(i) for i in train])
+    expected = frames.astype(np.float64).mean(axis=0) / 255
+    np.testing.assert_allclose(model.mean, expected, atol=1e-6)
+    x = model.preprocess(frames[:3]).numpy()[:, 0]
+    np.testing.assert_allclose(x, frames[:3] / 255 - expected, atol=1e-6)
+
+
+def test_subsets_are_stratified_and_seeded(tiny_set):
+    with dataset.open_dataset(tiny_set) as ds:
+        a, b = dfk.subset(ds, "train", 20, 0), dfk.subset(ds, "train", 20, 0)
+        assert len(a) == 20 and np.array_equal(a, b)
+        assert set(a) <= set(ds.indices("train"))
+        assert set(ds.labels[a]) == set(ds.labels[ds.indices("train")])  # every class kept
+        assert np.array_equal(dfk.subset(ds, "val", None, 0), ds.indices("val"))
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_weights(tiny_set, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    out, straight = trained
+    config = dfk.TrainConfig(**TINY, epochs=2)
+    first = dfk.train(tiny_set, tmp_path / "m", dataclasses.replace(config, epochs=1), progress=False, threads=1)
+    assert first.resumed_from == 0 and len(first.history) == 1
+    second = dfk.train(tiny_set, tmp_path / "m", config, progress=False, threads=1)
+    assert second.resumed_from == 1 and len(second.history) == 2
+    a = load_file(out / "checkpoint" / "weights.2.safetensors")
+    b = load_file(tmp_path / "m" / "checkpoint" / "weights.2.safetensors")
+    assert sorted(a) == sorted(b) and any(k.startswith("momentum.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for x, y in zip(straight.history, second.history):
+        assert x["val_accuracy"] == y["val_accuracy"] and x["train_loss"] == y["train_loss"]
+    # asking again for 2 epochs trains nothing; asking for 1 reads the first epoch back
+    assert dfk.train(tiny_set, tmp_path / "m", config, progress=False).resumed_from == 2
+    assert dfk.train(tiny_set, tmp_path / "m", dataclasses.replace(config, epochs=1),
+                     progress=False).history == second.history[:1]
+
+
+def test_a_checkpoint_of_another_run_is_refused(tiny_set, trained):
+    out, _ = trained
+    other = dfk.TrainConfig(**{**TINY, "learning_rate": 0.01}, epochs=3)
+    with pytest.raises(ValueError, match="another run"):
+        dfk.train(tiny_set, out, other, progress=False)
+
+
+def test_history_records_the_schedule_speed_and_memory(trained):
+    _, result = trained
+    assert [e["epoch"] for e in result.history] == [1, 2]
+    assert all(e["lr"] == TINY["learning_rate"] for e in result.history)
+    for e in result.history:
+        assert 0 <= e["val_accuracy"] <= 1 and math.isfinite(e["train_loss"])
+        assert e["train_images_per_s"] > 0 and 0 < e["max_rss_mib"] < 4096
+    assert result.best_val_accuracy == max(e["val_accuracy"] for e in result.history)
+
+
+def test_a_saved_model_is_json_and_safetensors_and_predicts_like_the_network(tiny_set, trained):
+    out, result = trained
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["model.json", "model.safetensors"]
+    meta = json.loads((out / "model.json").read_text())
+    for key in ("kind", "classes", "dataset_hash", "diffranb_version", "topology", "binning", "history"):
+        assert key in meta
+    assert meta["kind"] == "deepfreak" and meta["epoch"] == result.best_epoch
+    model = evaluate.load_model(out)
+    assert isinstance(model, dfk.DeepFreakModel) and model.classes == dataset.CLASSES
+    with dataset.open_dataset(tiny_set) as ds:
+        assert model.dataset_hash == ds.content_sha256
+        idx = ds.indices("test")[:16]
+        frames = np.stack([ds.image8(i) for i in idx])
+        codes = model.predict(frames)
+        assert codes.shape == (16,) and set(codes) <= set(range(5))
+        assert np.array_equal(codes, model.predict_dataset(ds, idx, batch_size=5))
+        with torch.inference_mode():
+            logits = model.network(model.preprocess(frames))
+        assert np.array_equal(codes, logits.argmax(1).numpy())
+        m = evaluate.evaluate_model(model, ds, "val")
+        assert m["same_dataset"] and m["n"] == len(ds.indices("val"))
+
+
+def test_diffranb_evaluate_reads_a_deepfreak_model(tiny_set, trained, capsys):
+    out, _ = trained
+    assert cli.main(["evaluate", "--model", str(out), "--data", str(tiny_set), "--split", "test", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["split"] == "test" and 0 <= m["accuracy"] <= 1 and len(m["confusion"]) == 5
+
+
+def test_saliency_and_grad_cam_are_maps_on_the_frame(tiny_set, trained):
+    model = dfk.load_model(trained[0])
+    with dataset.open_dataset(tiny_set) as ds:
+        frames = np.stack([ds.image8(i) for i in ds.indices("test")[:3]])
+    for fn in (dfk.saliency, dfk.grad_cam):
+        maps = fn(model, frames)
+        assert maps.shape == frames.shape and maps.dtype == np.float32
+        assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    assert all(p.grad is None for p in model.network.parameters())
+
+
+def test_train_config_names_the_bad_field():
+    with pytest.raises(ValueError, match="momentum"):
+        dfk.TrainConfig(momentum=1.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        dfk.TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="topology"):
+        dfk.TrainConfig(topology=20)
+
+
+def test_cli_trains_a_deepfreak_model(tiny_set, tmp_path, capsys):
+    out = tmp_path / "cli-model"
+    args = ["train", "deepfreak", "--data", str(tiny_set), "--out", str(out), "--topology", "9", "--epochs", "1",
+            "--binning", "2", "--batch-size", "8", "--max-train", "16", "--threads", "1", "--no-progress"]
+    assert cli.main(args) == 0
+    assert "best epoch 1" in capsys.readouterr().out
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["binning"] == 2 and meta["input_shape"] == [32, 32] and meta["command"].startswith("diffranb ")
+
+
+def test_batch_size_one_with_a_one_pixel_last_map_is_infeasible(tiny_set, tmp_path):
+    # topology 4 (conv stride 4) on 64² frames ends in a 1 × 1 map: BatchNorm cannot train on one value
+    assert dfk.feature_shapes(dfk.TOPOLOGIES[3], (64, 64))["stage4"] == (1, 1)
+    with pytest.raises(dfk.Infeasible, match="batch size 1"):
+        dfk.train(tiny_set, tmp_path / "m", dfk.TrainConfig(**{**TINY, "topology": 3, "batch_size": 1}, epochs=1),
+                  progress=False)
+
+
+def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path):
+    record = dfk.report(trained[0], tiny_set, tmp_path / "rec", command="diffranb train deepfreak …")
+    assert {p.name for p in (tmp_path / "rec").iterdir()} == {"metrics.json", "learning_curves.png", "confusion.png"}
+    saved = json.loads((tmp_path / "rec" / "metrics.json").read_text())
+    assert saved["command"] == record["command"] and saved["diffranb_version"]
+    with dataset.open_dataset(tiny_set) as ds:
+        assert saved["dataset_sha256"] == ds.content_sha256
+        assert saved["test"]["n"] == len(ds.indices("test"))
+    assert len(saved["history"]) == 2 and saved["wall_seconds"] > 0
