@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 
 import numba
+import numpy as np
 
 #: nanoBragg's time for one 512² image at 30 mosaic domains plus background and noise, on the project's
 #: 2-core machines (measured outside this package): the target is ≥ 30× faster at matched physics.
@@ -103,9 +104,121 @@ def sim(repeats: int = 40, workers: int = 2) -> dict:
     return out
 
 
-def run(what: str, *, repeats: int = 40, workers: int = 2) -> dict:
+def dataset(repeats: int = 40, workers: int = 2) -> dict:
+    """Images per second of the data set build (:func:`diffranb.dataset.build`), 512² frames.
+
+    Builds ``8 · repeats`` frames on a local Dask cluster of 1 and of ``workers`` processes, wall clock
+    from the call to the finished HDF5 file (cluster start, simulation, compression, shards, assembly), and
+    a one-frame build for the fixed start-up cost; the 25,000-image figure extrapolates from the two.
+    """
+    from pathlib import Path
+
+    from .dataset import build
+
+    n = 8 * repeats
+    out = {"cores": os.cpu_count(), "images": n}
+    with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+        for w in sorted({1, workers}):
+            t0 = time.perf_counter()
+            build(1, 10**6 + w, Path(tmp) / f"start{w}.h5", workers=w, progress=False)
+            start = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            build(n, w, Path(tmp) / f"bench{w}.h5", workers=w, progress=False)
+            wall = time.perf_counter() - t0
+            out[f"startup_s_{w}w"] = start
+            out[f"images_per_s_{w}w"] = n / wall
+            out[f"steady_images_per_s_{w}w"] = n / max(wall - start, 1e-9)
+            out[f"projected_25000_min_{w}w"] = (start + 25000 / out[f"steady_images_per_s_{w}w"]) / 60
+    return out
+
+
+_BENCH_MODEL = None
+
+
+def _init_classic_worker(model):
+    global _BENCH_MODEL
+    numba.set_num_threads(1)
+    import cv2
+
+    cv2.setNumThreads(1)
+    _BENCH_MODEL = model
+    _BENCH_MODEL.predict(np.zeros((1, 64, 64), dtype=np.uint8))  # compile and warm up before the clock
+
+
+def _predict_batch(images):
+    return _BENCH_MODEL.predict(images)
+
+
+def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
+    """Frames per second of a classic pipeline on 512² frames: feature extraction plus prediction.
+
+    ``model`` is a saved model directory (:func:`diffranb.classic.save_model`); without one, the best
+    pipeline of the full-scale search (:data:`CLASSIC_BEST`) is fitted on a small 512² set built here, which
+    gives the same extraction cost and a forest of the same size. Timed on ``repeats`` frames in this process
+    with one thread, and on ``workers`` processes.
+    """
+    import pickle
+
+    from . import classic as cl
+    from . import features
+    from .dataset import build, open_dataset
+
+    out = {"cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+        path = build(max(repeats, 120), 7, f"{tmp}/bench.h5", pixels=512, workers=0, progress=False)
+        with open_dataset(path) as ds:
+            frames = np.stack([ds.image8(i) for i in range(repeats)])
+        if model is None:
+            store = features.FeatureStore(path, f"{tmp}/features", workers=1, progress=False)
+            fitted = cl.train(cl.ClassicConfig.from_dict(CLASSIC_BEST), store, n_jobs=1)
+        else:
+            fitted = cl.load_model(model)
+    out["pipeline"] = fitted.config.label()
+    classifier = fitted.pipeline[-1]
+    if hasattr(classifier, "n_jobs"):
+        classifier.n_jobs = 1
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    fitted.predict(frames[:2])
+    t0 = time.perf_counter()
+    x = fitted.transform(frames)
+    extract = time.perf_counter() - t0
+    fitted.pipeline.predict(x)
+    out["extract_frames_per_s_1core"] = repeats / extract
+    out["predict_frames_per_s_1core"] = repeats / (time.perf_counter() - t0 - extract)
+    out["frames_per_s_1core"] = repeats / (time.perf_counter() - t0)
+    numba.set_num_threads(threads)
+    ctx = mp.get_context("spawn")
+    batches = np.array_split(frames, max(workers, repeats // 16))
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_classic_worker,
+                             initargs=(pickle.loads(pickle.dumps(fitted)),)) as pool:
+        list(pool.map(_predict_batch, batches[:workers]))
+        t0 = time.perf_counter()
+        list(pool.map(_predict_batch, batches))
+        out[f"frames_per_s_{workers}proc"] = repeats / (time.perf_counter() - t0)
+    return out
+
+
+#: The pipeline ``diffranb bench classic`` times when given no model: the best of the full-scale search
+#: (results/classic/metrics.json).
+CLASSIC_BEST = {"extractor": "glcm", "distances": [1, 2, 4, 5, 8], "angles": [0, 45, 90, 135], "classifier": "rf",
+                "n_estimators": 1000, "max_features": "sqrt", "max_depth": None, "class_weight": "none", "seed": 0}
+
+
+def deepfreak(repeats: int = 40, workers: int = 2) -> dict:
+    """Frames per second of DeepFreak's chosen topology on 512² frames (:func:`diffranb.deepfreak.benchmark`):
+    training binned 4× and at full resolution (batch 16), then inference on 1 and ``workers`` threads at
+    batch 1 and 64. Each figure is timed for at least ``repeats / 8`` seconds after a warm-up call."""
+    from . import deepfreak as dfk
+
+    return dfk.benchmark(threads=tuple(sorted({1, workers})), min_seconds=repeats / 8)
+
+
+def run(what: str, *, repeats: int = 40, workers: int = 2, model=None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line."""
-    result = {"sim": sim}[what](repeats=repeats, workers=workers)
+    kw = {"model": model} if what == "classic" else {}
+    result = {"sim": sim, "dataset": dataset, "classic": classic,
+              "deepfreak": deepfreak}[what](repeats=repeats, workers=workers, **kw)
     for key, value in result.items():
         print(f"{key:45s} {value:10.3f}" if isinstance(value, float) else f"{key:45s} {value:>10}")
     return result

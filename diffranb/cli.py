@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _simulate(args) -> int:
 def _bench(args) -> int:
     from . import bench
 
-    result = bench.run(args.what, repeats=args.repeats, workers=args.workers)
+    result = bench.run(args.what, repeats=args.repeats, workers=args.workers, model=args.model)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -54,12 +55,347 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="print speed figures")
-    p.add_argument("what", choices=["sim"], help="what to benchmark")
+    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak"], help="what to benchmark")
     p.add_argument("--repeats", type=int, default=40, help="images per measurement (default 40)")
     p.add_argument("--workers", type=int, default=2, help="processes for the multi-core figure (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    p.add_argument("--model", help="bench classic: a saved model directory (default: fit the best pipeline)")
     p.set_defaults(func=_bench)
+    _add_dataset_commands(sub)
+    _add_classic_commands(sub)
+    _add_deepfreak_commands()
     return parser
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data set commands (diffranb.dataset): generate, export
+# ---------------------------------------------------------------------------------------------------------
+
+def _add_dataset_commands(sub) -> None:
+    p = sub.add_parser("generate", help="build the DiffraNet-scale data set into an HDF5 file")
+    p.add_argument("--n", type=int, required=True, help="number of images (DiffraNet: 25000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+    p.add_argument("--out", required=True, help="HDF5 file to write, e.g. data/diffranet.h5")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=2,
+                       help="processes of a local Dask cluster (default 2; 0: no cluster, this process only)")
+    where.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--pixels", type=int, default=512, help="detector edge in pixels (default 512)")
+    p.add_argument("--ice", action="store_true", help="add the sixth class: ice rings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("export", help="write a data set as 8-bit PNGs in DiffraNet's split/class/ layout")
+    p.add_argument("--data", default="data/diffranet.h5", help="the data set (default data/diffranet.h5)")
+    p.add_argument("--png", required=True, help="directory to create (must be empty or absent)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_export)
+
+
+def _generate(args) -> int:
+    from . import dataset
+
+    classes = dataset.CLASSES + ((dataset.ICE,) if args.ice else ())
+    out = dataset.build(args.n, args.seed, args.out, classes=classes, pixels=args.pixels,
+                        workers=0 if args.scheduler else args.workers, scheduler=args.scheduler,
+                        progress=not args.no_progress)
+    with dataset.open_dataset(out) as ds:
+        info = dataset.summary(ds)
+        print(f"{out}: {info['n_images']} images of {ds.images.shape[1]}×{ds.images.shape[2]}, "
+              + ", ".join(f"{k} {v}" for k, v in info["splits"].items()))
+        print("shares: " + ", ".join(f"{c} {100 * s:.1f} %" for c, s in info["shares"].items()))
+        print(f"content sha256 {ds.content_sha256}")
+    return 0
+
+
+def _export(args) -> int:
+    from . import dataset
+
+    n = dataset.export_png(args.data, args.png, progress=not args.no_progress)
+    print(f"wrote {n} PNGs under {args.png}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Classic classifiers (diffranb.features, classic, tune, evaluate): train, tune, evaluate
+# ---------------------------------------------------------------------------------------------------------
+
+#: The sub-commands of ``diffranb train``: one per model kind (DeepFreak adds its own).
+TRAIN_KINDS = {}
+
+
+def _ints(text):
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _add_classic_commands(sub) -> None:
+    from . import classic, features, tune
+
+    train = sub.add_parser("train", help="fit a classifier on a data set's training split and save it")
+    kinds = train.add_subparsers(dest="kind", required=True)
+    TRAIN_KINDS["kinds"] = kinds
+    p = kinds.add_parser("classic", help="feature extractor + random forest or RBF SVM")
+    p.add_argument("--data", required=True, help="the data set, e.g. data/diffranet.h5")
+    p.add_argument("--out", required=True, help="model directory to write (model.json, pipeline.skops)")
+    p.add_argument("--trials", help="take the configuration of the best trial in this Hyperopt trials file")
+    p.add_argument("--label", help="with --trials: best trial of this pipeline only, e.g. RF+GLCM")
+    p.add_argument("--config", help="take the configuration from this JSON file (ClassicConfig fields)")
+    d = classic.ClassicConfig()
+    p.add_argument("--extractor", choices=features.KINDS, default=d.extractor)
+    p.add_argument("--distances", type=_ints, default=d.distances, help="GLCM distances, e.g. 1,2,4 (px)")
+    p.add_argument("--angles", type=_ints, default=d.angles, help="GLCM angles, e.g. 0,45 (degrees)")
+    p.add_argument("--points", type=int, default=d.points, help="LBP samples P")
+    p.add_argument("--radius", type=int, default=d.radius, help="LBP radius R (px)")
+    p.add_argument("--words", type=int, default=d.words, help="SIFT vocabulary size")
+    p.add_argument("--classifier", choices=classic.CLASSIFIERS, default=d.classifier)
+    p.add_argument("--C", type=float, default=d.C, help="SVM penalty")
+    p.add_argument("--gamma", type=float, default=d.gamma, help="SVM RBF γ (standardised features)")
+    p.add_argument("--n-estimators", type=int, default=d.n_estimators, help="random forest trees")
+    p.add_argument("--max-features", default=d.max_features, help="'sqrt' or a share, e.g. 0.25")
+    p.add_argument("--max-depth", type=int, default=d.max_depth, help="deepest level (default: unlimited)")
+    p.add_argument("--class-weight", choices=tuple(classic.CLASS_WEIGHTS), default=d.class_weight)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache", help="feature cache directory (default: <data>.features)")
+    p.add_argument("--workers", type=int, default=2, help="extraction processes and forest jobs (default 2)")
+    p.set_defaults(func=_train_classic)
+
+    tune_p = sub.add_parser("tune", help="hyperparameter search")
+    searches = tune_p.add_subparsers(dest="search", required=True)
+    TRAIN_KINDS["searches"] = searches  # DeepFreak adds `tune bohb`
+    p = searches.add_parser("hyperopt", help="TPE over DiffraNet's joint space of extractors and classifiers")
+    p.add_argument("--data", required=True, help="the data set, e.g. data/diffranet.h5")
+    p.add_argument("--trials", type=int, default=150, help="trials in total, resumed ones included (default 150)")
+    p.add_argument("--out", required=True, help="JSON trials file, written after every trial; resumed if present")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=tune.DEFAULT_TIMEOUT_S,
+                   help=f"seconds one trial may take (default {tune.DEFAULT_TIMEOUT_S:.0f})")
+    p.add_argument("--stop-after", type=int, help="evaluate at most this many new trials now")
+    p.add_argument("--report", help="then refit the best pipelines, test them and write metrics and figures here")
+    p.add_argument("--models", help="with --report: save the refitted models under this directory")
+    p.add_argument("--cache", help="feature cache directory (default: <data>.features)")
+    p.add_argument("--workers", type=int, default=2, help="extraction processes and forest jobs (default 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(func=_tune_hyperopt)
+
+    p = sub.add_parser("evaluate", help="test a saved model (classic or DeepFreak) on a split of a data set")
+    p.add_argument("--model", required=True, help="model directory (with model.json)")
+    p.add_argument("--data", required=True, help="a data set built by `diffranb generate`")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=_evaluate)
+
+
+def _train_classic(args) -> int:
+    from . import classic, features, tune
+
+    if args.trials:
+        record = tune.load_trials(args.trials)
+        best = tune.best_per_label(record).get(args.label) if args.label else tune.best_trial(record)
+        if best is None:
+            raise ValueError(f"{args.trials}: no successful trial{' of ' + args.label if args.label else ''}")
+        config = classic.ClassicConfig.from_dict(best["config"])
+    elif args.config:
+        config = classic.ClassicConfig.from_dict(json.loads(Path(args.config).read_text()))
+    else:
+        max_features = args.max_features if args.max_features == "sqrt" else float(args.max_features)
+        config = classic.ClassicConfig(
+            extractor=args.extractor, distances=args.distances, angles=args.angles, points=args.points,
+            radius=args.radius, words=args.words, classifier=args.classifier, C=args.C, gamma=args.gamma,
+            n_estimators=args.n_estimators, max_features=max_features, max_depth=args.max_depth,
+            class_weight=args.class_weight, seed=args.seed)
+    store = features.FeatureStore(args.data, args.cache, workers=args.workers)
+    model = classic.train(config, store, n_jobs=max(1, args.workers))
+    out = classic.save_model(model, args.out)
+    print(f"wrote {out}: {config.label()} {json.dumps(config.to_dict())}, fitted on "
+          f"{model.info['n_train']} frames in {model.info['fit_seconds']:.1f} s")
+    return 0
+
+
+def _tune_hyperopt(args) -> int:
+    import shlex
+    import time
+
+    from . import tune
+
+    start = time.perf_counter()
+    record = tune.run(args.data, args.out, n_trials=args.trials, seed=args.seed, cache_dir=args.cache,
+                      timeout_s=args.timeout, workers=args.workers, progress=not args.no_progress,
+                      stop_after=args.stop_after)
+    best = record.get("best")
+    print(f"{len(record['trials'])} trials in {args.out}: search {record['search_seconds']:.0f} s, "
+          f"feature extraction {record['extract_seconds']:.0f} s")
+    if best:
+        print(f"best: {best['label']} val accuracy {1 - best['loss']:.4f} {json.dumps(best['config'])}")
+    if args.report:
+        command = args.command_line
+        result = tune.report(args.out, args.data, args.report, models_dir=args.models, cache_dir=args.cache,
+                             workers=args.workers, command=command)
+        result["wall_seconds"] = time.perf_counter() - start
+        (Path(args.report) / "metrics.json").write_text(json.dumps(result, indent=1))
+        for name, m in result["methods"].items():
+            print(f"{name:9s} {m['label']:9s} test accuracy {100 * m['test']['accuracy']:.2f} %, "
+                  f"binary {100 * m['test']['binary_accuracy']:.2f} %")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from . import dataset, evaluate
+
+    model = evaluate.load_model(args.model)
+    with dataset.open_dataset(args.data) as ds:
+        result = evaluate.evaluate_model(model, ds, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        name = model.config.label() if hasattr(model, "config") else getattr(model, "kind", "model")
+        print(evaluate.format_report({name: result}))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DeepFreak (diffranb.deepfreak, diffranb.bohb): train deepfreak, tune bohb, tune bohb-worker
+# ---------------------------------------------------------------------------------------------------------
+
+def _add_deepfreak_commands() -> None:
+    from .deepfreak import TOPOLOGIES, TrainConfig
+
+    d = TrainConfig()
+    p = TRAIN_KINDS["kinds"].add_parser("deepfreak", help="DeepFreak: a ResNet-50 on the frames (torch, CPU)")
+    p.add_argument("--data", required=True, help="the data set, e.g. data/diffranet.h5")
+    p.add_argument("--out", required=True, help="model directory (model.json, model.safetensors, checkpoint/)")
+    p.add_argument("--bohb", help="take topology, learning rate, momentum, weight decay and batch size from the "
+                                  "incumbent of this BOHB directory (its summary.json); flags below override")
+    p.add_argument("--topology", type=int, help=f"index 0–{len(TOPOLOGIES) - 1} into deepfreak.TOPOLOGIES "
+                                                f"(default {d.topology}, the paper's winner)")
+    p.add_argument("--learning-rate", type=float, help=f"SGD base learning rate (default {d.learning_rate})")
+    p.add_argument("--momentum", type=float, help=f"(default {d.momentum})")
+    p.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    p.add_argument("--batch-size", type=int, help=f"frames (default {d.batch_size})")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default {d.epochs}; ÷10 learning rate every "
+                                                                f"{d.lr_step})")
+    p.add_argument("--binning", type=int, default=d.binning,
+                   help=f"average b × b pixels before the network: 4 makes 512² frames 128², 16× faster "
+                        f"(default {d.binning})")
+    p.add_argument("--max-train", type=int, help="train on a stratified subset of this many frames")
+    p.add_argument("--max-val", type=int, help="validate on a stratified subset of this many frames")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--no-resume", action="store_true", help="discard the checkpoint in --out and start afresh")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report", help="then test the model and write metrics.json, learning curves and the confusion "
+                                    "matrix into this directory (e.g. results/deepfreak)")
+    p.set_defaults(func=_train_deepfreak)
+
+    searches = TRAIN_KINDS["searches"]
+    p = searches.add_parser("bohb", help="BOHB (hpbandster) over DeepFreak's topologies and hyperparameters")
+    p.add_argument("--data", required=True, help="the data set, e.g. data/diffranet.h5")
+    p.add_argument("--out", required=True, help="search directory: hpbandster's log (resumed if present), "
+                                                "summary.json")
+    p.add_argument("--iterations", type=int, default=4, help="Hyperband iterations in all (default 4)")
+    p.add_argument("--min-budget", type=float, default=1, help="epochs (default 1)")
+    p.add_argument("--max-budget", type=float, default=9, help="epochs (default 9)")
+    p.add_argument("--eta", type=float, default=3, help="successive halving factor (default 3)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    _bohb_objective_flags(p)
+    p.add_argument("--topologies", help="search only these topologies, e.g. 7,8,12 (default all 13)")
+    p.add_argument("--timeout", type=float, help="stop the whole search after this many seconds")
+    p.add_argument("--no-resume", action="store_true", help="move an existing log aside and start afresh")
+    p.add_argument("--run-id", default="deepfreak", help="hpbandster run id (default deepfreak)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="nameserver address (default 127.0.0.1; an address other machines reach lets "
+                        "`diffranb tune bohb-worker` join from there: trusted networks only, Pyro carries pickles)")
+    p.add_argument("--port", type=int, default=0, help="nameserver port (default 0: a free one)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every evaluation's checkpoint")
+    p.set_defaults(func=_tune_bohb)
+
+    p = searches.add_parser("bohb-worker", help="join a running `tune bohb` search from another machine")
+    p.add_argument("--nameserver", required=True, help="HOST:PORT the search printed (and wrote to "
+                                                       "<out>/nameserver.json)")
+    p.add_argument("--run-id", default="deepfreak", help="the search's run id (default deepfreak)")
+    p.add_argument("--host", required=True, help="this machine's address as the search's machine reaches it")
+    p.add_argument("--data", required=True, help="the same data set, as this machine sees it")
+    p.add_argument("--workdir", required=True, help="where this worker keeps its checkpoints")
+    _bohb_objective_flags(p)
+    p.set_defaults(func=_tune_bohb_worker)
+
+
+def _bohb_objective_flags(p) -> None:
+    p.add_argument("--binning", type=int, default=4, help="input binning (default 4)")
+    p.add_argument("--max-train", type=int, help="train each evaluation on a stratified subset of this many frames")
+    p.add_argument("--max-val", type=int, help="validate on a stratified subset of this many frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+
+
+def _train_deepfreak(args) -> int:
+    import dataclasses
+    import shlex
+
+    from . import deepfreak
+
+    fields = {}
+    if args.bohb:
+        summary = json.loads((Path(args.bohb) / "summary.json").read_text())
+        if not summary.get("incumbent"):
+            raise ValueError(f"{args.bohb}: the search has no incumbent")
+        fields.update(summary["incumbent"])
+    for name in ("topology", "learning_rate", "momentum", "weight_decay", "batch_size"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    config = deepfreak.TrainConfig(**fields, epochs=args.epochs, binning=args.binning, seed=args.seed,
+                                   max_train=args.max_train, max_val=args.max_val)
+    result = deepfreak.train(args.data, args.out, config, resume=not args.no_resume,
+                             progress=not args.no_progress, threads=args.threads)
+    meta_path = Path(args.out) / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["command"] = args.command_line
+    meta_path.write_text(json.dumps(meta, indent=1))
+    last = result.history[-1]
+    if args.report:
+        record = deepfreak.report(args.out, args.data, args.report, bohb_dir=args.bohb, command=meta["command"])
+        print(f"test accuracy {100 * record['test']['accuracy']:.2f} %, binary "
+              f"{100 * record['test']['binary_accuracy']:.2f} %; record in {args.report}")
+    print(f"wrote {args.out}: {json.dumps(dataclasses.asdict(config))}")
+    print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; last epoch "
+          f"{last['epoch']}: train {last['train_images_per_s']:.1f} images/s, peak RSS {last['max_rss_mib']:.0f} MiB; "
+          f"{result.seconds:.0f} s (resumed after {result.resumed_from} epochs)")
+    return 0
+
+
+def _tune_bohb(args) -> int:
+    from . import tune
+
+    space = {"topology": tuple(int(t) for t in args.topologies.split(","))} if args.topologies else None
+    result = tune.run_bohb(args.data, args.out, n_iterations=args.iterations, min_budget=args.min_budget,
+                           max_budget=args.max_budget, eta=args.eta, n_workers=args.workers, binning=args.binning,
+                           max_train=args.max_train, max_val=args.max_val, seed=args.seed, threads=args.threads,
+                           space=space, timeout=args.timeout, resume=not args.no_resume, run_id=args.run_id,
+                           host=args.host, port=args.port, keep_checkpoints=args.keep_checkpoints)
+    print(f"{len(result.runs)} evaluations in {args.out}, {len(result.failures)} failed, "
+          f"{result.seconds:.0f} s{f', stopped: {result.stopped}' if result.stopped else ''}")
+    return 0 if result.incumbent is not None else 1
+
+
+def _tune_bohb_worker(args) -> int:
+    from . import bohb
+
+    host, _, port = args.nameserver.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--nameserver {args.nameserver!r}: must be HOST:PORT")
+    objective = bohb.DeepFreakObjective(str(Path(args.data).resolve()), str(Path(args.workdir).resolve()),
+                                        binning=args.binning, max_train=args.max_train, max_val=args.max_val,
+                                        seed=args.seed, threads=args.threads)
+    bohb.run_worker(objective, nameserver=host, nameserver_port=int(port), run_id=args.run_id, host=args.host)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def _version() -> str:
@@ -71,6 +407,8 @@ def _version() -> str:
 def main(argv=None) -> int:
     """Entry point of the ``diffranb`` command."""
     args = build_parser().parse_args(argv)
+    # What was asked for, as a shell line: results record it, whether called from a shell or from Python.
+    args.command_line = shlex.join(["diffranb", *(sys.argv[1:] if argv is None else argv)])
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, json.JSONDecodeError) as exc:

@@ -355,3 +355,404 @@ def label_panel(ax: Axes, text: str, **kw) -> Axes:
     style.update(kw)
     ax.text(0.03, 0.97, text, **style)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data set figures (diffranb.dataset): gallery, defining quantity, parameters and shares by class
+# ---------------------------------------------------------------------------------------------------------
+
+#: One colour per class, in the order of :data:`diffranb.dataset.ALL_CLASSES`.
+CLASS_COLORS = {"blank": "0.55", "no-crystal": "tab:blue", "weak": "tab:orange", "good": "tab:green",
+                "strong": "tab:red", "ice": "tab:cyan"}
+
+
+def plot_gallery(images, panel_labels, *, ncols: int = 4, axes=None, cmap: str = "gray_r") -> np.ndarray:
+    """Show 8-bit frames side by side on one fixed grey scale (0 white, 255 black with ``gray_r``).
+
+    Parameters
+    ----------
+    images : sequence of (M, N) uint8
+        Frames as the classifiers see them (:func:`diffranb.dataset.to_8bit`).
+    panel_labels : sequence of str
+        One short label per frame, written in its corner.
+    ncols : int
+        Panels per row.
+    axes : array of matplotlib Axes, optional
+        At least ``len(images)`` of them; extra ones are hidden.
+    cmap : str
+
+    Returns
+    -------
+    ndarray of matplotlib Axes
+    """
+    images = list(images)
+    if len(panel_labels) != len(images):
+        raise ValueError(f"{len(panel_labels)} labels for {len(images)} images: need one each")
+    if axes is None:
+        nrows = max(1, -(-len(images) // ncols))
+        _, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.2 * nrows), layout="constrained",
+                               squeeze=False)
+    axes = np.asarray(axes).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, image, text in zip(axes, images, panel_labels):
+        image = np.asarray(image)
+        if image.dtype != np.uint8:
+            raise ValueError(f"image.dtype = {image.dtype}: the gallery shows 8-bit frames")
+        ax.imshow(image, cmap=cmap, vmin=0, vmax=255, interpolation="nearest", origin="upper")
+        label_panel(ax, text)
+    return axes
+
+
+def plot_class_quantity(values, labels, classes, *, cuts=(), ax: Axes | None = None, log: bool = True,
+                        xlabel: str = "reflections with I/σ ≥ 3", bins: int = 40) -> Axes:
+    """Stacked histogram of a defining quantity, coloured by class, with the cut lines.
+
+    Parameters
+    ----------
+    values : (n,) array
+        The quantity per frame (e.g. ``n_significant``).
+    labels : (n,) array of str
+        Class of each frame.
+    classes : sequence of str
+        Classes to draw, in stacking order (frames of other classes are left out).
+    cuts : sequence of float
+        Where the classes are cut, drawn as dashed lines.
+    ax : matplotlib Axes, optional
+    log : bool
+        Logarithmic bins from 1 (frames with a value below 1 are left out).
+    xlabel : str
+    bins : int
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    shown = np.isin(labels, list(classes)) & np.isfinite(values) & ((values >= 1) if log else True)
+    top = max(float(values[shown].max()) if shown.any() else 2.0, 2.0)
+    edges = np.geomspace(1.0, top * 1.05, bins + 1) if log else np.linspace(0.0, top * 1.05, bins + 1)
+    data = [values[shown & (labels == c)] for c in classes]
+    ax.hist(data, bins=edges, stacked=True, label=list(classes), color=[CLASS_COLORS.get(c, None) for c in classes])
+    for cut in cuts:
+        ax.axvline(cut, color="k", linestyle="--", linewidth=1.0)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("frames")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_by_class(values, labels, classes, *, ax: Axes | None = None, xlabel: str = "", log: bool = False,
+                  bins: int = 30) -> Axes:
+    """Distribution of one drawn parameter within each class, as outlined density histograms.
+
+    Parameters
+    ----------
+    values : (n,) array
+        The parameter per frame, in the unit of ``xlabel``; NaN (not drawn) is left out.
+    labels : (n,) array of str
+    classes : sequence of str
+    ax : matplotlib Axes, optional
+    xlabel : str
+        The parameter and its unit, e.g. ``"crystal size (µm)"``.
+    log : bool
+        Logarithmic bins and axis.
+    bins : int
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    good = np.isfinite(values) & ((values > 0) if log else True)
+    if good.any():
+        lo, hi = float(values[good].min()), float(values[good].max())
+        hi = hi if hi > lo else lo + 1.0
+        edges = np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
+        for c in classes:
+            member = good & (labels == c)
+            if member.any():
+                ax.hist(values[member], bins=edges, density=True, histtype="step", linewidth=1.3, label=c,
+                        color=CLASS_COLORS.get(c, None))
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    return ax
+
+
+def plot_class_shares(counts: dict, target_shares: dict, *, ax: Axes | None = None) -> Axes:
+    """Class shares in each split (bars) against the target shares (black ticks).
+
+    Parameters
+    ----------
+    counts : dict of split -> dict of class -> int
+        As :meth:`diffranb.dataset.Dataset.counts` returns.
+    target_shares : dict of class -> float
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
+    classes = list(target_shares)
+    splits = list(counts)
+    width = 0.8 / len(splits)
+    x = np.arange(len(classes))
+    for k, split in enumerate(splits):
+        total = max(sum(counts[split].values()), 1)
+        ax.bar(x + (k - (len(splits) - 1) / 2) * width, [100.0 * counts[split][c] / total for c in classes], width,
+               label=f"{split} ({total})", alpha=0.85)
+    ax.scatter(x, [100.0 * target_shares[c] for c in classes], marker="_", s=600, color="k", zorder=3,
+               label="target")
+    ax.set_xticks(x, classes)
+    ax.set_ylabel("share of the split (%)")
+    ax.legend(fontsize="small")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Features and classic classifiers (chapters 3 and 4)
+# ---------------------------------------------------------------------------------------------------------
+
+def plot_glcm(matrix, *, ax: Axes | None = None, levels: int = 256, colorbar: bool = True) -> Axes:
+    """A normalised grey-level co-occurrence matrix on a log scale (zeros left white).
+
+    Parameters
+    ----------
+    matrix : (L, L) float
+        Probabilities of grey-level pairs (reference level i down, neighbour level j across).
+    ax : matplotlib Axes, optional
+    levels : int
+        Grey levels shown from 0 (the corner where empty detector pixels pile up).
+    colorbar : bool
+    """
+    m = np.asarray(matrix, dtype=np.float64)[:levels, :levels]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
+    positive = m[m > 0]
+    low = positive.min() if positive.size else 1e-12
+    im = ax.imshow(np.ma.masked_less_equal(m, 0), cmap="viridis", origin="upper", interpolation="nearest",
+                   norm=colors.LogNorm(vmin=max(low, 1e-9), vmax=max(m.max(), low * 10)))
+    ax.set_xlabel("neighbour grey level j")
+    ax.set_ylabel("reference grey level i")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label="P(i, j)")
+    return ax
+
+
+def plot_lbp(codes, points: int, *, ax: Axes | None = None, colorbar: bool = True) -> Axes:
+    """Map of uniform LBP codes: 0 … P count neighbours at least as bright as the centre, P + 1 is
+    "not uniform"."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    cmap = plt.get_cmap("viridis", points + 2)
+    im = ax.imshow(codes, cmap=cmap, vmin=-0.5, vmax=points + 1.5, interpolation="nearest", origin="upper")
+    ax.set_xlabel("fast (px)")
+    ax.set_ylabel("slow (px)")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label="LBP code", ticks=[0, points // 2, points, points + 1])
+    return ax
+
+
+def plot_keypoints(image, keypoints, *, ax: Axes | None = None, color: str = "tab:orange", **kw) -> Axes:
+    """An 8-bit frame with SIFT keypoints drawn as circles of their scale (OpenCV ``KeyPoint`` objects)."""
+    ax = show_pattern(image, ax=ax, scale="linear", vmax=255, unit="grey level", **kw)
+    for kp in keypoints:
+        (x, y), r = kp.pt, kp.size / 2
+        ax.add_patch(plt.Circle((x, y), r, fill=False, color=color, linewidth=0.8))
+    return ax
+
+
+def plot_feature_by_class(values, labels, classes, *, ax: Axes | None = None, ylabel: str = "",
+                          log: bool = False) -> Axes:
+    """Box plot of one feature within each class (whiskers at the 5th and 95th percentiles)."""
+    values, labels = np.asarray(values, dtype=np.float64), np.asarray(labels)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 3.2), layout="constrained")
+    data = [values[labels == c] for c in classes]
+    ax.boxplot([d if d.size else [np.nan] for d in data], whis=(5, 95), showfliers=False)
+    ax.set_xticks(range(1, len(classes) + 1), classes, rotation=20)
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    return ax
+
+
+def plot_search(losses, labels, *, ax: Axes | None = None) -> Axes:
+    """Validation accuracy of every Hyperopt trial, coloured by classifier + extractor, with the running best.
+
+    Parameters
+    ----------
+    losses : (n,) float
+        1 − validation accuracy, NaN for failed trials (drawn as crosses at the bottom).
+    labels : (n,) str
+        e.g. ``"RF+GLCM"``.
+    """
+    losses, labels = np.asarray(losses, dtype=np.float64), np.asarray(labels)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    trial = np.arange(1, len(losses) + 1)
+    accuracy = 100 * (1 - losses)
+    ok = np.isfinite(accuracy)
+    floor = np.nanmin(accuracy) if ok.any() else 0.0
+    for k, name in enumerate(sorted(set(labels))):
+        mine = labels == name
+        ax.scatter(trial[mine & ok], accuracy[mine & ok], s=14, color=f"C{k}", label=name)
+        if (mine & ~ok).any():
+            ax.scatter(trial[mine & ~ok], np.full((mine & ~ok).sum(), floor), marker="x", s=18, color=f"C{k}")
+    if ok.any():
+        ax.step(trial, np.fmax.accumulate(np.where(ok, accuracy, -np.inf)), where="post", color="k",
+                linewidth=1, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize="small", ncols=2)
+    return ax
+
+
+def plot_confusion(confusion, classes, *, ax: Axes | None = None, colorbar: bool = False) -> Axes:
+    """Confusion matrix as row percentages (each true class sums to 100 %), with the counts written in."""
+    c = np.asarray(confusion, dtype=np.float64)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 4), layout="constrained")
+    share = 100 * c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+    for i in range(c.shape[0]):
+        for j in range(c.shape[1]):
+            ax.text(j, i, f"{int(c[i, j])}", ha="center", va="center", fontsize="small",
+                    color="white" if share[i, j] > 60 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, label="share of the true class (%)")
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DeepFreak figures (diffranb.deepfreak, diffranb.bohb): search, learning curves, attention maps
+# ---------------------------------------------------------------------------------------------------------
+
+def plot_bohb(runs, *, ax: Axes | None = None, best: int = 3) -> Axes:
+    """Validation accuracy of every BOHB evaluation against its budget, as in DeepFreak's Figure 3.
+
+    Each configuration is a line through the budgets it reached, coloured by its topology; the black line
+    and band are the mean and the range of the ``best`` best evaluations at each budget. Diverged, infeasible
+    and failed evaluations are left out.
+
+    Parameters
+    ----------
+    runs : list of dict
+        :func:`diffranb.bohb.read_log` (``config_id``, ``config``, ``budget``, ``val_accuracy``).
+    ax : matplotlib Axes, optional
+    best : int
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    ok = [r for r in runs if np.isfinite(r["loss"]) and np.isfinite(r["val_accuracy"])
+          and "diverged" not in r["info"] and "infeasible" not in r["info"]]
+    by_config = {}
+    for r in ok:
+        by_config.setdefault(r["config_id"], []).append(r)
+    topologies = sorted({int(r["config"]["topology"]) for r in ok})
+    cmap = plt.get_cmap("tab20", max(len(topologies), 1))
+    for steps in by_config.values():
+        steps.sort(key=lambda r: r["budget"])
+        k = topologies.index(int(steps[0]["config"]["topology"]))
+        ax.plot([r["budget"] for r in steps], [100 * r["val_accuracy"] for r in steps], "o-", ms=3.5, lw=0.8,
+                color=cmap(k), alpha=0.8)
+    budgets = sorted({r["budget"] for r in ok})
+    tops = [sorted((100 * r["val_accuracy"] for r in ok if r["budget"] == b), reverse=True)[:best] for b in budgets]
+    if budgets:
+        ax.fill_between(budgets, [min(t) for t in tops], [max(t) for t in tops], color="k", alpha=0.12, lw=0)
+        ax.plot(budgets, [np.mean(t) for t in tops], "k-", lw=2, label=f"best {best}: mean and range")
+    for k, t in enumerate(topologies):
+        ax.plot([], [], "o-", ms=3.5, lw=0.8, color=cmap(k), label=f"topology {t + 1}")
+    ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("budget (epochs)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize="x-small", ncols=2, loc="lower right")
+    return ax
+
+
+def plot_learning_curves(history, *, axes=None) -> np.ndarray:
+    """Loss (left) and accuracy (right) on the training and validation frames per epoch, as DeepFreak's
+    Figure 4; dotted lines mark where the learning rate drops.
+
+    Parameters
+    ----------
+    history : list of dict
+        :attr:`diffranb.deepfreak.TrainResult.history` (``epoch``, ``lr``, ``train_loss``, ``val_loss``,
+        ``train_accuracy``, ``val_accuracy``).
+    axes : two matplotlib Axes, optional
+
+    Returns
+    -------
+    ndarray of 2 matplotlib Axes
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    epoch = [e["epoch"] for e in history]
+    for ax, key, unit in ((axes[0], "loss", "cross-entropy per frame"), (axes[1], "accuracy", "accuracy (%)")):
+        scale = 100 if key == "accuracy" else 1
+        ax.plot(epoch, [scale * e[f"train_{key}"] for e in history], "o-", ms=3, label="training")
+        ax.plot(epoch, [scale * e[f"val_{key}"] for e in history], "s-", ms=3, label="validation")
+        for previous, e in zip(history, history[1:]):
+            if e["lr"] != previous["lr"]:
+                ax.axvline(e["epoch"] - 0.5, color="0.5", ls=":", lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(unit)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize="small")
+    return np.asarray(axes)
+
+
+def plot_attention(frames, maps, panel_labels, *, axes=None, cmap: str = "inferno", alpha: float = 0.55) -> np.ndarray:
+    """8-bit frames with a map in [0, 1] laid over them (Grad-CAM, saliency): one panel per frame.
+
+    Parameters
+    ----------
+    frames : (n, M, N) uint8
+    maps : (n, M, N) float in [0, 1]
+    panel_labels : sequence of n str
+    axes : n matplotlib Axes, optional
+    cmap : str
+    alpha : float
+        Opacity of the map where it is 1 (it fades out towards 0).
+
+    Returns
+    -------
+    ndarray of matplotlib Axes
+    """
+    frames, maps = np.asarray(frames), np.asarray(maps, dtype=np.float64)
+    if frames.shape != maps.shape:
+        raise ValueError(f"frames {frames.shape} and maps {maps.shape}: must have the same shape")
+    if axes is None:
+        _, axes = plt.subplots(1, len(frames), figsize=(2.6 * len(frames), 2.8), layout="constrained",
+                               squeeze=False)
+    axes = np.asarray(axes).ravel()
+    colours = plt.get_cmap(cmap)
+    for ax, frame, m, text in zip(axes, frames, maps, panel_labels):
+        ax.imshow(frame, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        overlay = colours(np.clip(m, 0, 1))
+        overlay[..., 3] = alpha * np.clip(m, 0, 1)
+        ax.imshow(overlay, interpolation="bilinear")
+        ax.set_axis_off()
+        label_panel(ax, text)
+    return axes

@@ -1,8 +1,15 @@
-"""Build the book as `make book` does, then look at every page of it in headless Chromium."""
+"""Build the book, then look at every page of it in headless Chromium.
 
+The chapters are executed first under papermill at CI's small parameters (the published defaults take far
+longer), then the book is built from those executed notebooks, with the same flags as `make book`.
+"""
+
+import importlib.util
+import shutil
 import subprocess
 
 import pytest
+import yaml
 from sphinx_external_toc.parsing import parse_toc_yaml
 
 from servers import REPO, executable, start_static_server
@@ -13,15 +20,36 @@ PAGES = list(parse_toc_yaml(REPO / "_toc.yml"))  # root first, then the chapters
 ERROR_OUTPUTS = ".output.traceback, .output.stderr, .output.error"
 
 
+def _chapters_module():
+    spec = importlib.util.spec_from_file_location("chapters", REPO / "tests" / "notebooks" / "chapters.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def book_url(browser, tmp_path_factory):
-    """Build the book (executing every chapter at its published parameters) and serve its HTML."""
+    """Execute every chapter at small parameters, build the book from them and serve its HTML."""
     jupyter_book = executable("jupyter-book")
     if jupyter_book is None:
         pytest.skip("jupyter-book is not installed")
+    chapters = _chapters_module()
     out = tmp_path_factory.mktemp("book")
-    cmd = [jupyter_book, "build", ".", "--path-output", str(out), "--warningiserror", "--keep-going"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    src, data, runs = out / "src", out / "data", out / "runs"
+    shutil.copytree(REPO / "book", src / "book")
+    shutil.copy(REPO / "_toc.yml", src / "_toc.yml")
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"  # executed just below, at small parameters
+    (src / "_config.yml").write_text(yaml.safe_dump(config, allow_unicode=True))
+    data.mkdir()
+    for docname in PAGES[1:]:
+        name = docname.split("/")[-1]
+        run = runs / name
+        run.mkdir(parents=True)
+        chapters.run_notebook(REPO / f"{docname}.ipynb", run, **chapters.small_parameters(name, data, REPO / "results"))
+        shutil.copy(run / f"{name}.ipynb", src / f"{docname}.ipynb")
+    cmd = [jupyter_book, "build", str(src), "--path-output", str(out), "--warningiserror", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"jupyter-book build failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}")
     server = start_static_server(out / "_build" / "html")

@@ -59,3 +59,62 @@ def test_simulator_physics(tmp_path):
     else:
         assert math.isnan(values["reference_max_rel_error"])
     assert isinstance(values["render_seconds"], float) and 0 < values["render_seconds"] < math.inf
+
+
+@needs("02_dataset")
+def test_dataset(tmp_path):
+    values = run_chapter("02_dataset", tmp_path, N_IMAGES=60, PIXELS=128, N_ICE_IMAGES=30, DATA_DIR=str(tmp_path))
+    print(f"chapter 2 built 60 frames of 128² in {values['build_seconds']} s")
+    assert values["n_images"] == 60
+    assert (values["n_train"], values["n_val"], values["n_test"]) == (24, 6, 30)  # 40 / 9.6 / 50.4 %
+    assert values["max_share_error"] < 0.05 and values["label_matches_target"] >= 0.9
+    assert values["gallery_frames"] == 15  # three per class
+    assert values["ice_share"] == 0.1 and (values["cut_weak"], values["cut_good"]) == (5, 40)
+    assert (tmp_path / "diffranet_60_0_128px.h5").is_file() and (tmp_path / "diffranet_ice_30_0_128px.h5").is_file()
+
+
+@needs("03_feature_extractors")
+def test_feature_extractors(tmp_path):
+    values = run_chapter("03_feature_extractors", tmp_path, N_IMAGES=60, PIXELS=128, DATA_DIR=str(tmp_path))
+    print(f"chapter 3: GLCM {values['glcm_speedup']}× faster than scikit-image, features in "
+          f"{values['extract_seconds']} s")
+    assert values["glcm_max_abs_diff"] <= 1e-10 and values["lbp_equal"] is True
+    assert set(values["first_look_accuracy"]) == {"glcm", "lbp", "sift"}
+    assert all(0 <= a <= 1 for a in values["first_look_accuracy"].values())
+    assert values["sift_median_keypoints"]["blank"] == 0  # nothing to detect on a detector-only frame
+    cache = tmp_path / "diffranet_60_0_128px.h5.features"
+    assert sorted(p.name.split("-")[0] for p in next(cache.iterdir()).glob("*.npz")) == [
+        "glcm", "lbp", "sift", "sift", "sift"]  # blocks, descriptors, one vocabulary and its word table
+
+
+@needs("04_classic_tuning")
+def test_classic_tuning(tmp_path):
+    values = run_chapter("04_classic_tuning", tmp_path, N_IMAGES=60, PIXELS=128, N_TRIALS=6, DATA_DIR=str(tmp_path),
+                         FULL_RESULTS=str(REPO / "results" / "classic"))
+    print(f"chapter 4: 6 trials in {values['search_seconds']} s, best {values['best_label']}")
+    assert values["n_trials"] == 6 and sum(values["trials_by_label"].values()) == 6
+    assert values["space_size"] == "470,450"
+    assert 0 <= values["best_val_accuracy"] <= 100
+    assert 0 <= values["test_accuracy_best"] <= 100 and 0 <= values["binary_accuracy_best"] <= 100
+    for name in ("rf_glcm", "svm_glcm"):  # NaN when six trials never tried that pipeline
+        assert math.isnan(values[f"test_accuracy_{name}"]) or 0 <= values[f"test_accuracy_{name}"] <= 100
+    assert {"trials.json", "metrics.json", "search.png", "confusion.png", "models"} <= set(values["report_files"])
+    if (REPO / "results" / "classic" / "metrics.json").is_file():
+        assert set(values["full_accuracy"]) >= {"RF+GLCM", "SVM+GLCM", "best"}
+
+
+@needs("05_deepfreak")
+def test_deepfreak(tmp_path):
+    values = run_chapter("05_deepfreak", tmp_path, N_IMAGES=60, PIXELS=128, DATA_DIR=str(tmp_path), BINNING=2,
+                         MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, FULL_RESULTS=str(tmp_path / "no-full-run"))
+    print(f"chapter 5: {values['n_evaluations']} BOHB evaluations in {values['search_minutes']} min, "
+          f"{values['train_images_per_s']} training frames/s")
+    assert values["n_topologies"] == 13 and values["chosen_gmacs"] == 14.14  # the paper's topology 8 at 512²
+    assert values["n_evaluations"] == 4  # budgets 1 and 3 at eta 3: three configurations, the best promoted
+    assert set(values["winner"]) == {"topology", "learning_rate", "momentum", "weight_decay", "batch_size"}
+    assert 0 <= values["winner_val_accuracy"] <= 100 and 0 <= values["final_val_accuracy"] <= 100
+    assert 1 <= values["best_epoch"] <= 2 and values["n_train"] == 24
+    assert 0 <= values["test_accuracy"] <= 100 and 0 <= values["binary_accuracy"] <= 100
+    assert 0 < values["max_rss_mib"] < 4096
+    assert len(values["attention_peak"]) == 5 and all(0 <= p <= 1.000001 for p in values["attention_peak"])
+    assert values["full_scale_committed"] is False
