@@ -432,7 +432,8 @@ def report(trials, data, out_dir, *, models_dir=None, cache_dir=None, workers: i
                                      squeeze=False)
             for ax, (name, m) in zip(axes[0], methods.items()):
                 viz.plot_confusion(m["test"]["confusion"], m["test"]["classes"], ax=ax)
-                ax.set_xlabel(f"predicted — {name} ({m['label']}): {100 * m['test']['accuracy']:.2f} %")
+                shown = name if name == m["label"] else f"{name} ({m['label']})"
+                ax.set_xlabel(f"predicted — {shown}: {100 * m['test']['accuracy']:.2f} %")
             fig.savefig(out_dir / "confusion.png")
             plt.close(fig)
     return result
