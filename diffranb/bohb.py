@@ -26,9 +26,10 @@ thread count).
 Distributed (hpbandster's own mode): start the search with ``host`` set to an address the other machines
 reach and a fixed ``port`` (``diffranb tune bohb --host 10.0.0.5 --port 9090 --workers 1 ...``), then on
 each other machine ``diffranb tune bohb-worker --nameserver 10.0.0.5:9090 --host THAT_MACHINE --data
-SET.h5 --workdir DIR`` with the same ``--binning --max-train --max-val --seed`` (each evaluation reports
-these settings and the search counts results computed with others as failures). Pyro here exchanges pickles (hpbandster's configurations do not
-survive Pyro's safe serializer), so only open a nameserver to a network of machines you trust.
+SET.h5 --workdir DIR`` with the same ``--binning --bin-mode --max-train --max-val --seed`` (each evaluation
+reports these settings and the search counts results computed with others as failures). Pyro here exchanges
+pickles (hpbandster's configurations do not survive Pyro's safe serializer), so only open a nameserver to a
+network of machines you trust.
 
 References
 ----------
@@ -55,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .deepfreak import BATCH_SIZES, TOPOLOGIES, Diverged, Infeasible, TrainConfig, train
+from .deepfreak import BATCH_SIZES, TOPOLOGIES, Diverged, Infeasible, TrainConfig, check_bin_mode, train
 
 #: The paper's search space (Table 9): ranges of each hyperparameter. Batch sizes: Table 9 lists 4–64, the
 #: paper's best configurations used 1 and 2, so all of 1–64 are searched.
@@ -158,6 +159,8 @@ class DeepFreakObjective:
     workdir : str
         Where the evaluations' checkpoints go (one directory per configuration).
     binning : int, px
+    bin_mode : {"mean", "max"}
+        How the input is binned (:func:`diffranb.deepfreak.bin_images`): fixed for the whole search, not searched.
     max_train, max_val : int or None, frames
         Seeded class-stratified subsets of the splits (None: whole splits).
     seed : int
@@ -168,20 +171,31 @@ class DeepFreakObjective:
     data: str  # path of the HDF5 set
     workdir: str  # path of the checkpoints
     binning: int = 4  # px
+    bin_mode: str = "mean"  # "mean" or "max" of each binning × binning block
     max_train: int | None = None  # frames
     max_val: int | None = None  # frames
     seed: int = 0  # of the weights, the frame order and the subsets
     threads: int | None = None  # torch threads
 
+    def __post_init__(self):
+        check_bin_mode(self.bin_mode, "DeepFreakObjective.bin_mode")
+
     def settings(self) -> dict:
-        """What must agree between the search and every worker."""
-        return {"binning": self.binning, "max_train": self.max_train, "max_val": self.max_val, "seed": self.seed}
+        """What must agree between the search and every worker.
+
+        ``bin_mode`` is listed only when it is not ``"mean"``: logs written before the option existed, all
+        mean-binned, then still agree with a mean-binned search.
+        """
+        extra = {} if self.bin_mode == "mean" else {"bin_mode": self.bin_mode}
+        return {"binning": self.binning, **extra, "max_train": self.max_train, "max_val": self.max_val,
+                "seed": self.seed}
 
     def train_config(self, config: dict, budget: float) -> TrainConfig:
         return TrainConfig(topology=int(config["topology"]), learning_rate=float(config["learning_rate"]),
                            momentum=float(config["momentum"]), weight_decay=float(config["weight_decay"]),
                            batch_size=int(config["batch_size"]), epochs=max(1, int(round(budget))),
-                           binning=self.binning, seed=self.seed, max_train=self.max_train, max_val=self.max_val)
+                           binning=self.binning, bin_mode=self.bin_mode, seed=self.seed, max_train=self.max_train,
+                           max_val=self.max_val)
 
     def __call__(self, config: dict, budget: float) -> dict:
         cfg = self.train_config(config, budget)
@@ -460,10 +474,10 @@ def incumbent(runs: list):
 
 
 def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_budget: float = 9, eta: float = 3,
-             n_workers: int = 1, binning: int = 4, max_train: int | None = None, max_val: int | None = None,
-             seed: int = 0, threads: int | None = None, space: dict | None = None, timeout: float | None = None,
-             resume: bool = True, objective=None, run_id: str = "deepfreak", host: str = "127.0.0.1",
-             port: int = 0, min_n_workers: int | None = None, keep_checkpoints: bool = False,
+             n_workers: int = 1, binning: int = 4, bin_mode: str = "mean", max_train: int | None = None,
+             max_val: int | None = None, seed: int = 0, threads: int | None = None, space: dict | None = None,
+             timeout: float | None = None, resume: bool = True, objective=None, run_id: str = "deepfreak",
+             host: str = "127.0.0.1", port: int = 0, min_n_workers: int | None = None, keep_checkpoints: bool = False,
              verbose: bool = True) -> BohbResult:
     """Search DeepFreak's topology and hyperparameters with BOHB (hpbandster), start to finish.
 
@@ -482,8 +496,9 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
     n_workers : int
         Local worker processes (0: only workers that join with :func:`run_worker`, from this machine or,
         with ``host`` set, from others; the search waits for them up to ``timeout``).
-    binning, max_train, max_val, seed, threads
-        Of :class:`DeepFreakObjective` (threads: torch threads per worker; default cores / n_workers).
+    binning, bin_mode, max_train, max_val, seed, threads
+        Of :class:`DeepFreakObjective` (threads: torch threads per worker; default cores / n_workers). The
+        binning and its mode are fixed settings of the search, the same for every configuration.
     space : dict, optional
         Overrides of :data:`SEARCH_SPACE`.
     timeout : float, s, optional
@@ -517,7 +532,7 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
         raise ValueError(f"n_workers = {n_workers}: must be ≥ 0 (0: only workers started with run_worker)")
     if objective is None:
         objective = DeepFreakObjective(str(Path(data).resolve()), str(out / "evals"), binning=binning,
-                                       max_train=max_train, max_val=max_val, seed=seed,
+                                       bin_mode=bin_mode, max_train=max_train, max_val=max_val, seed=seed,
                                        threads=threads or max(1, (os.cpu_count() or 1) // max(n_workers, 1)))
     steps = budgets(min_budget, max_budget, eta)
     if not resume and any((out / name).exists() for name in LOG_FILES):

@@ -282,6 +282,9 @@ def _add_deepfreak_commands() -> None:
     p.add_argument("--binning", type=int, default=d.binning,
                    help=f"average b × b pixels before the network: 4 makes 512² frames 128², 16× faster "
                         f"(default {d.binning})")
+    p.add_argument("--bin-mode", choices=BIN_MODES,
+                   help="reduce each b × b block to its mean or its maximum (max keeps one-pixel Bragg spots at "
+                        f"full height); default: the --bohb search's, else {d.bin_mode}")
     p.add_argument("--max-train", type=int, help="train on a stratified subset of this many frames")
     p.add_argument("--max-val", type=int, help="validate on a stratified subset of this many frames")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -326,7 +329,12 @@ def _add_deepfreak_commands() -> None:
 
 
 def _bohb_objective_flags(p) -> None:
+    from .deepfreak import BIN_MODES
+
     p.add_argument("--binning", type=int, default=4, help="input binning (default 4)")
+    p.add_argument("--bin-mode", choices=BIN_MODES, default="mean",
+                   help="reduce each block to its mean or its maximum, the same for every configuration "
+                        "(default mean)")
     p.add_argument("--max-train", type=int, help="train each evaluation on a stratified subset of this many frames")
     p.add_argument("--max-val", type=int, help="validate on a stratified subset of this many frames")
     p.add_argument("--seed", type=int, default=0)
@@ -345,7 +353,9 @@ def _train_deepfreak(args) -> int:
         if not summary.get("incumbent"):
             raise ValueError(f"{args.bohb}: the search has no incumbent")
         fields.update(summary["incumbent"])
-    for name in ("topology", "learning_rate", "momentum", "weight_decay", "batch_size"):
+        # the incumbent was chosen on inputs binned this way (settings omit the mode when it is "mean")
+        fields["bin_mode"] = (summary.get("settings") or {}).get("bin_mode", "mean")
+    for name in ("topology", "learning_rate", "momentum", "weight_decay", "batch_size", "bin_mode"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     config = deepfreak.TrainConfig(**fields, epochs=args.epochs, binning=args.binning, seed=args.seed,
@@ -374,9 +384,9 @@ def _tune_bohb(args) -> int:
     space = {"topology": tuple(int(t) for t in args.topologies.split(","))} if args.topologies else None
     result = tune.run_bohb(args.data, args.out, n_iterations=args.iterations, min_budget=args.min_budget,
                            max_budget=args.max_budget, eta=args.eta, n_workers=args.workers, binning=args.binning,
-                           max_train=args.max_train, max_val=args.max_val, seed=args.seed, threads=args.threads,
-                           space=space, timeout=args.timeout, resume=not args.no_resume, run_id=args.run_id,
-                           host=args.host, port=args.port, keep_checkpoints=args.keep_checkpoints)
+                           bin_mode=args.bin_mode, max_train=args.max_train, max_val=args.max_val, seed=args.seed,
+                           threads=args.threads, space=space, timeout=args.timeout, resume=not args.no_resume,
+                           run_id=args.run_id, host=args.host, port=args.port, keep_checkpoints=args.keep_checkpoints)
     print(f"{len(result.runs)} evaluations in {args.out}, {len(result.failures)} failed, "
           f"{result.seconds:.0f} s{f', stopped: {result.stopped}' if result.stopped else ''}")
     return 0 if result.incumbent is not None else 1
@@ -389,8 +399,8 @@ def _tune_bohb_worker(args) -> int:
     if not host or not port.isdigit():
         raise ValueError(f"--nameserver {args.nameserver!r}: must be HOST:PORT")
     objective = bohb.DeepFreakObjective(str(Path(args.data).resolve()), str(Path(args.workdir).resolve()),
-                                        binning=args.binning, max_train=args.max_train, max_val=args.max_val,
-                                        seed=args.seed, threads=args.threads)
+                                        binning=args.binning, bin_mode=args.bin_mode, max_train=args.max_train,
+                                        max_val=args.max_val, seed=args.seed, threads=args.threads)
     bohb.run_worker(objective, nameserver=host, nameserver_port=int(port), run_id=args.run_id, host=args.host)
     return 0
 

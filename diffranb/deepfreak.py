@@ -8,8 +8,9 @@ torchvision's own :class:`~torchvision.models.resnet.Bottleneck` blocks (:class:
 is what a CPU needs:
 
 - **Input.** The 8-bit frame (:func:`diffranb.dataset.to_8bit`), optionally binned ``b × b`` (the speed knob:
-  4× binning makes every convolution 16× cheaper), scaled to [0, 1], minus the training set's per-pixel mean
-  image (computed once by :func:`mean_image`, stored with the model).
+  4× binning makes every convolution 16× cheaper) by the mean or the maximum of each block
+  (:func:`bin_images`; the maximum keeps one-pixel Bragg spots at full height), scaled to [0, 1], minus the
+  training set's per-pixel mean image (computed once by :func:`mean_image`, stored with the model).
 - **Training** (:func:`train`). SGD with momentum and weight decay, cross-entropy, the learning rate divided by
   10 every 10 epochs (:func:`learning_rate`; epoch 0 runs at the base rate). Frames stream from the HDF5 set
   in a seeded order. After every epoch BatchNorm's statistics are recomputed under the final weights, the
@@ -63,6 +64,8 @@ MODEL_FORMAT = "diffranb-deepfreak/1"
 CHECKPOINT_FORMAT = "diffranb-deepfreak-checkpoint/1"
 #: The four ResNet-50 stages: bottleneck blocks per stage.
 STAGE_BLOCKS = (3, 4, 6, 3)
+#: How :func:`bin_images` reduces a block of pixels to one: its mean or its maximum.
+BIN_MODES = ("mean", "max")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,16 +334,34 @@ def topology_table(input_shape=(512, 512), n_classes: int = 5) -> list:
 # Input: binning and the mean image
 # ---------------------------------------------------------------------------------------------------------
 
-def bin_images(images8, binning: int = 1) -> np.ndarray:
-    """8-bit frames scaled to [0, 1] and averaged over ``binning × binning`` pixel blocks.
+def check_bin_mode(mode, name: str = "mode") -> str:
+    """``mode`` if it is one of :data:`BIN_MODES`, else a ``ValueError`` naming ``name``, the value and the choices."""
+    if not isinstance(mode, str) or mode not in BIN_MODES:
+        raise ValueError(f"{name} = {mode!r}: must be one of {', '.join(map(repr, BIN_MODES))}")
+    return mode
+
+
+def bin_images(images8, binning: int = 1, mode: str = "mean") -> np.ndarray:
+    """8-bit frames scaled to [0, 1] and reduced over ``binning × binning`` pixel blocks to their mean or maximum.
 
     Rows and columns beyond a whole number of blocks are dropped.
+
+    The mean keeps a block's total signal (its photons, up to the 8-bit scaling) but divides a spot one pixel
+    wide by ``binning²``: at 4× binning a Bragg spot that fills one pixel rises above the background by a
+    sixteenth of its height and all but vanishes in the noise. The maximum keeps the spot's peak at full height,
+    wherever in the block it falls; the price is a higher, noisier floor: every block now reports the
+    brightest of its ``binning²`` background pixels, which lies above their mean, and the background's noise
+    is not averaged down as the mean averages it (by ``binning`` for independent pixels). The training set's
+    mean image (:func:`mean_image`, binned the same way) is still subtracted, which removes that raised floor
+    on average but not its fluctuations.
 
     Parameters
     ----------
     images8 : (n, M, N) or (M, N) uint8
     binning : int
-        Block edge, px (1: no binning).
+        Block edge, px (1: no binning, and ``mode`` makes no difference).
+    mode : {"mean", "max"}
+        How a block becomes one value (:data:`BIN_MODES`).
 
     Returns
     -------
@@ -350,12 +371,19 @@ def bin_images(images8, binning: int = 1) -> np.ndarray:
     --------
     >>> bin_images(np.array([[[0, 255], [255, 255]]], dtype=np.uint8), 2).tolist()
     [[[0.75]]]
+
+    One bright pixel in a dark 2 × 2 block: a quarter of its height under the mean, all of it under the maximum.
+
+    >>> spot = np.array([[[0, 0], [0, 255]]], dtype=np.uint8)
+    >>> bin_images(spot, 2, "mean").tolist(), bin_images(spot, 2, "max").tolist()
+    ([[[0.25]]], [[[1.0]]])
     """
     images8 = np.asarray(images8)
     if images8.dtype != np.uint8:
         raise ValueError(f"images8.dtype = {images8.dtype}: must be uint8 (dataset.to_8bit)")
     if isinstance(binning, bool) or not isinstance(binning, (int, np.integer)) or binning < 1:
         raise ValueError(f"binning = {binning!r}: must be a whole number ≥ 1")
+    check_bin_mode(mode)
     if images8.ndim == 2:
         images8 = images8[None]
     n, m, k = images8.shape
@@ -365,11 +393,14 @@ def bin_images(images8, binning: int = 1) -> np.ndarray:
     if hm < 1 or hk < 1:
         raise ValueError(f"binning = {binning}: larger than the {m} × {k} frames")
     blocks = images8[:, :hm * binning, :hk * binning].reshape(n, hm, binning, hk, binning)
+    if mode == "max":
+        return blocks.max(axis=(2, 4)).astype(np.float32) / np.float32(255)
     sums = blocks.sum(axis=(2, 4), dtype=np.uint32)
     return sums.astype(np.float32) / np.float32(255 * binning * binning)
 
 
-def mean_image(ds, indices, binning: int = 1, *, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size: int = 64,
+               progress: bool = False) -> np.ndarray:
     """Per-pixel mean of the (binned, [0, 1]-scaled) frames ``indices`` of a data set.
 
     Parameters
@@ -378,6 +409,8 @@ def mean_image(ds, indices, binning: int = 1, *, batch_size: int = 64, progress:
     indices : (n,) int
         Usually the training split.
     binning : int
+    mode : {"mean", "max"}
+        Binning mode (:func:`bin_images`); the network's input must be binned the same way.
 
     Returns
     -------
@@ -391,7 +424,7 @@ def mean_image(ds, indices, binning: int = 1, *, batch_size: int = 64, progress:
     total = None
     with tqdm(total=len(indices), unit="img", desc="mean image", disable=not progress) as bar:
         for images, _, _ in ds.batches(np.sort(indices), batch_size):
-            s = bin_images(images, binning).sum(axis=0, dtype=np.float64)
+            s = bin_images(images, binning, mode).sum(axis=0, dtype=np.float64)
             total = s if total is None else total + s
             bar.update(len(images))
     return (total / len(indices)).astype(np.float32)
@@ -412,6 +445,8 @@ class DeepFreakModel:
     codes : (n_classes,) int
         Their label codes (indices into :data:`diffranb.dataset.ALL_CLASSES`), what :meth:`predict` returns.
     binning : int
+    bin_mode : {"mean", "max"}
+        How :func:`bin_images` reduces each block (models saved before the option existed: ``"mean"``).
     mean : (H, W) float32
         Mean image subtracted from every input.
     info : dict
@@ -420,13 +455,15 @@ class DeepFreakModel:
 
     kind = "deepfreak"
 
-    def __init__(self, network, classes, binning: int, mean: np.ndarray, info: dict | None = None):
+    def __init__(self, network, classes, binning: int, mean: np.ndarray, info: dict | None = None, *,
+                 bin_mode: str = "mean"):
         from .dataset import ALL_CLASSES
 
         self.network = network.eval()
         self.classes = tuple(classes)
         self.codes = np.array([ALL_CLASSES.index(c) for c in self.classes], dtype=np.int64)
         self.binning = int(binning)
+        self.bin_mode = check_bin_mode(bin_mode, "bin_mode")
         self.mean = np.asarray(mean, dtype=np.float32)
         self.info = dict(info or {})
 
@@ -441,7 +478,7 @@ class DeepFreakModel:
 
     def preprocess(self, images8):
         """Network input for 8-bit frames: binned, scaled to [0, 1], minus the mean image; (n, 1, H, W) tensor."""
-        x = bin_images(images8, self.binning)
+        x = bin_images(images8, self.binning, self.bin_mode)
         if x.shape[1:] != self.mean.shape:
             raise ValueError(f"frames of {np.asarray(images8).shape[-2:]} px binned {self.binning}× give "
                              f"{x.shape[1:]}, the model expects {self.mean.shape}")
@@ -481,20 +518,20 @@ class DeepFreakModel:
 
     def save(self, path) -> Path:
         """Write ``model.json`` and ``model.safetensors`` into directory ``path`` (created if missing)."""
-        return _save_model(path, self.network, self.classes, self.binning, self.mean, self.info)
+        return _save_model(path, self.network, self.classes, self.binning, self.bin_mode, self.mean, self.info)
 
 
-def _model_json(network, classes, binning, mean, info) -> dict:
+def _model_json(network, classes, binning, bin_mode, mean, info) -> dict:
     from . import __version__
 
     top = network.topology
     return {**info, "kind": "deepfreak", "format": MODEL_FORMAT, "classes": list(classes),
             "diffranb_version": __version__, "topology": dataclasses.asdict(top),
             "input_shape": list(network.input_shape), "n_classes": len(classes), "binning": int(binning),
-            "mean_shape": list(mean.shape), "dataset_hash": info.get("dataset_hash")}
+            "bin_mode": bin_mode, "mean_shape": list(mean.shape), "dataset_hash": info.get("dataset_hash")}
 
 
-def _save_model(path, network, classes, binning, mean, info) -> Path:
+def _save_model(path, network, classes, binning, bin_mode, mean, info) -> Path:
     """Write the two files of a saved model into ``path``, each through a temporary file and a rename
     (weights first: ``model.json`` is what makes the directory a model). Other files in ``path``, such as
     the training checkpoint, are left alone."""
@@ -506,8 +543,8 @@ def _save_model(path, network, classes, binning, mean, info) -> Path:
     tensors = {f"net.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
     tensors["input_mean"] = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))
     save_file(tensors, path / "model.safetensors.writing")
-    (path / "model.json.writing").write_text(json.dumps(_model_json(network, classes, binning, mean, info),
-                                                        indent=1))
+    meta = _model_json(network, classes, binning, bin_mode, mean, info)
+    (path / "model.json.writing").write_text(json.dumps(meta, indent=1))
     os.replace(path / "model.safetensors.writing", path / "model.safetensors")
     os.replace(path / "model.json.writing", path / "model.json")
     return path
@@ -532,9 +569,11 @@ def load_model(path) -> DeepFreakModel:
     top = Topology(**{**meta["topology"], "block_strides": tuple(meta["topology"]["block_strides"])})
     net = _network_class()(top, meta["n_classes"], meta["input_shape"]).to(memory_format=torch.channels_last)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-    info = {k: v for k, v in meta.items() if k not in ("topology", "input_shape", "n_classes", "binning", "classes",
-                                                          "mean_shape", "format")}
-    return DeepFreakModel(net, meta["classes"], meta["binning"], tensors["input_mean"].numpy(), info)
+    info = {k: v for k, v in meta.items() if k not in ("topology", "input_shape", "n_classes", "binning", "bin_mode",
+                                                          "classes", "mean_shape", "format")}
+    # a model.json without "bin_mode" predates the option, when every model was mean-binned
+    return DeepFreakModel(net, meta["classes"], meta["binning"], tensors["input_mean"].numpy(), info,
+                          bin_mode=meta.get("bin_mode", "mean"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -564,6 +603,8 @@ class TrainConfig:
         Passes over the training frames (BOHB's budget).
     binning : int, px
         Input binning (1: the full frame; 4: 512² frames enter as 128²).
+    bin_mode : {"mean", "max"}
+        How each block is reduced (:func:`bin_images`): ``"max"`` keeps one-pixel spots at full height.
     lr_step : int, epochs
         The learning rate is divided by ``1 / lr_factor`` every ``lr_step`` epochs.
     lr_factor : float
@@ -580,6 +621,7 @@ class TrainConfig:
     batch_size: int = 16  # frames
     epochs: int = 30  # passes over the training frames
     binning: int = 4  # px
+    bin_mode: str = "mean"  # "mean" or "max" of each binning × binning block
     lr_step: int = 10  # epochs
     lr_factor: float = 0.1  # dimensionless
     seed: int = 0
@@ -605,6 +647,7 @@ class TrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"TrainConfig.{name} = {value!r}: must be a whole number ≥ 1")
+        check_bin_mode(self.bin_mode, "TrainConfig.bin_mode")
 
     def same_run(self, other: TrainConfig) -> bool:
         """Whether ``other`` trains the same way, only for more or fewer epochs (so a checkpoint can serve)."""
@@ -754,7 +797,7 @@ def _run_epoch(net, optimizer, ds, order, config, model_mean, progress, desc):
     usable = n - 1 if (n % config.batch_size == 1 and n > 1) else n
     with tqdm(total=usable, unit="img", desc=desc, disable=not progress, leave=False) as bar:
         for images, labels, _ in ds.batches(order[:usable], config.batch_size):
-            x = _as_input(bin_images(images, config.binning) - model_mean)
+            x = _as_input(bin_images(images, config.binning, config.bin_mode) - model_mean)
             y = torch.from_numpy(code_to_output[labels])
             optimizer.zero_grad(set_to_none=True)
             logits = net(x)
@@ -792,7 +835,7 @@ def _recompute_batchnorm(net, ds, train_idx, config, model_mean, epoch: int) -> 
     with torch.no_grad():
         for images, _, _ in ds.batches(chosen, batch):
             if len(images) > 1:
-                net(_as_input(bin_images(images, config.binning) - model_mean))
+                net(_as_input(bin_images(images, config.binning, config.bin_mode) - model_mean))
 
 
 def _code_to_output(classes) -> np.ndarray:
@@ -813,7 +856,7 @@ def _validate(net, ds, indices, config, model_mean, batch_size=64):
     total_loss, correct = 0.0, 0
     with torch.inference_mode():
         for images, labels, _ in ds.batches(indices, batch_size):
-            x = _as_input(bin_images(images, config.binning) - model_mean)
+            x = _as_input(bin_images(images, config.binning, config.bin_mode) - model_mean)
             y = torch.from_numpy(code_to_output[labels])
             logits = net(x)
             total_loss += float(criterion(logits, y))
@@ -907,7 +950,7 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
             mean = np.asarray(tensors["input_mean"].numpy(), dtype=np.float32)
             history, best = state["history"], state["best"]
         else:
-            mean = mean_image(ds, train_idx, config.binning, progress=progress)
+            mean = mean_image(ds, train_idx, config.binning, config.bin_mode, progress=progress)
             history, best = [], {"epoch": 0, "val_accuracy": -1.0}
         done = len(history)
         info = {"dataset_hash": ds.content_sha256, "dataset_path": str(ds.path), "train_config":
@@ -932,7 +975,7 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
                 if val_acc > best["val_accuracy"]:
                     best = {"epoch": epoch + 1, "val_accuracy": val_acc}
                     if save_best:
-                        _save_model(out, net, ds.classes, config.binning, mean,
+                        _save_model(out, net, ds.classes, config.binning, config.bin_mode, mean,
                                     {**info, "epoch": epoch + 1, "val_accuracy": val_acc})
                 _write_checkpoint(out, net, optimizer, mean, {
                     "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "epochs_done": epoch + 1,

@@ -147,5 +147,50 @@ def test_tune_bohb_trains_deepfreak_and_train_takes_its_incumbent(tmp_path, caps
     assert {k: meta["train_config"][k] for k in incumbent} == incumbent
 
 
+def test_the_bin_mode_is_a_fixed_setting_of_the_search_not_a_hyperparameter():
+    assert "bin_mode" not in bohb.SEARCH_SPACE
+    config = {"topology": 8, "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-5, "batch_size": 8}
+    mean = bohb.DeepFreakObjective("set.h5", "evals", binning=4)
+    top = bohb.DeepFreakObjective("set.h5", "evals", binning=4, bin_mode="max")
+    assert mean.train_config(config, 3.0).bin_mode == "mean" and top.train_config(config, 3.0).bin_mode == "max"
+    # logs from before the option (no bin_mode in their settings) still agree with a mean-binned search
+    assert "bin_mode" not in mean.settings() and top.settings()["bin_mode"] == "max"
+    with pytest.raises(ValueError, match="bin_mode = 'median'"):
+        bohb.DeepFreakObjective("set.h5", "evals", bin_mode="median")
+
+
+def test_the_command_line_passes_the_bin_mode_to_the_search_and_from_it(tmp_path, monkeypatch):
+    from diffranb import deepfreak
+
+    seen = {}
+
+    def fake_run_bohb(data, out, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(tune, "run_bohb", fake_run_bohb)
+    assert cli.main(["tune", "bohb", "--data", "set.h5", "--out", str(tmp_path), "--bin-mode", "max"]) == 2
+    assert seen["bin_mode"] == "max" and seen["binning"] == 4
+    worker = cli.build_parser().parse_args(["tune", "bohb-worker", "--nameserver", "h:1", "--host", "h",
+                                            "--data", "d", "--workdir", "w", "--bin-mode", "max"])
+    assert worker.bin_mode == "max"
+
+    configs = []
+
+    def fake_train(data, out, config, **kwargs):
+        configs.append(config)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(deepfreak, "train", fake_train)
+    search = tmp_path / "search"
+    search.mkdir()
+    incumbent = {"topology": 8, "learning_rate": 0.01, "momentum": 0.9, "weight_decay": 1e-5, "batch_size": 8}
+    (search / "summary.json").write_text(json.dumps({"incumbent": incumbent, "settings": {
+        "binning": 4, "bin_mode": "max", "max_train": None, "max_val": None, "seed": 0}}))
+    base = ["train", "deepfreak", "--data", "set.h5", "--out", str(tmp_path / "m"), "--bohb", str(search)]
+    assert cli.main(base) == 2 and cli.main(base + ["--bin-mode", "mean"]) == 2
+    assert [c.bin_mode for c in configs] == ["max", "mean"]  # the search's mode unless told otherwise
+
+
 def test_tune_run_bohb_is_this_search():
     assert tune.run_bohb.__doc__ and "diffranb.bohb.run_bohb" in tune.run_bohb.__doc__

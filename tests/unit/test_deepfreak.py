@@ -6,6 +6,7 @@ Everything trains the 8-filter topologies on 64 × 64 frames for an epoch or two
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -32,6 +33,17 @@ def trained(tiny_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "deepfreak"
     result = dfk.train(tiny_set, out, dfk.TrainConfig(**TINY, epochs=2), progress=False, threads=1)
     return out, result
+
+
+@pytest.fixture(scope="module")
+def max_trained(tiny_set, tmp_path_factory):
+    """A model trained by the command line on 2× max-binned frames (32² input), one epoch."""
+    out = tmp_path_factory.mktemp("max-model") / "deepfreak"
+    args = ["train", "deepfreak", "--data", str(tiny_set), "--out", str(out), "--topology", "9", "--epochs", "1",
+            "--binning", "2", "--bin-mode", "max", "--batch-size", "8", "--max-train", "16", "--threads", "1",
+            "--no-progress"]
+    assert cli.main(args) == 0
+    return out
 
 
 def test_there_are_13_topologies_and_the_chosen_one_is_the_papers():
@@ -99,6 +111,39 @@ def test_binning_averages_blocks_and_scales_to_one():
         dfk.bin_images(frame.astype(np.uint16), 2)
 
 
+def test_max_binning_takes_each_blocks_largest_value():
+    frame = np.arange(16, dtype=np.uint8).reshape(1, 4, 4) * 17  # 0 … 255, rising along rows and columns
+    binned = dfk.bin_images(frame, 2, "max")
+    # blocks {0, 1, 4, 5}, {2, 3, 6, 7}, {8, 9, 12, 13}, {10, 11, 14, 15}: the bottom-right of each is largest
+    np.testing.assert_allclose(binned[0], np.array([[5, 7], [13, 15]]) * 17 / 255, rtol=1e-6)
+    assert binned.dtype == np.float32
+    assert dfk.bin_images(np.zeros((1, 5, 5), np.uint8), 2, "max").shape == (1, 2, 2)  # the odd row is dropped
+    np.testing.assert_array_equal(dfk.bin_images(frame, 1, "max"), dfk.bin_images(frame, 1, "mean"))
+
+
+def test_a_one_pixel_spot_survives_max_binning_but_mean_binning_divides_it_by_b_squared():
+    b = 4
+    frame = np.zeros((8, 8), np.uint8)
+    frame[5, 6] = 255  # a Bragg spot one pixel wide, in the bottom-right block
+    top = dfk.bin_images(frame, b, "max")[0]
+    assert top[1, 1] == 1.0 and top.sum() == 1.0
+    avg = dfk.bin_images(frame, b, "mean")[0]
+    assert avg[1, 1] == pytest.approx(1 / b**2) and avg.sum() == pytest.approx(1 / b**2)
+
+
+def test_a_bad_bin_mode_is_refused_by_name():
+    frame = np.zeros((1, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="mode = 'median'.*'mean', 'max'"):
+        dfk.bin_images(frame, 2, "median")
+    with pytest.raises(ValueError, match="TrainConfig.bin_mode = 'Max'"):
+        dfk.TrainConfig(bin_mode="Max")
+    net = dfk.build_network(8, 5, (2, 2))
+    with pytest.raises(ValueError, match="bin_mode = 'sum'"):
+        dfk.DeepFreakModel(net, dataset.CLASSES, 2, np.zeros((2, 2), np.float32), bin_mode="sum")
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        cli.build_parser().parse_args(["train", "deepfreak", "--data", "x", "--out", "y", "--bin-mode", "median"])
+
+
 def test_the_mean_image_is_the_training_frames_per_pixel_mean_and_is_subtracted(tiny_set, trained):
     out, _ = trained
     model = dfk.load_model(out)
@@ -109,6 +154,56 @@ def test_the_mean_image_is_the_training_frames_per_pixel_mean_and_is_subtracted(
     np.testing.assert_allclose(model.mean, expected, atol=1e-6)
     x = model.preprocess(frames[:3]).numpy()[:, 0]
     np.testing.assert_allclose(x, frames[:3] / 255 - expected, atol=1e-6)
+
+
+def test_a_max_binned_model_reloads_with_its_mode_and_predicts_the_same(tiny_set, max_trained, tmp_path):
+    meta = json.loads((max_trained / "model.json").read_text())
+    assert meta["bin_mode"] == "max" and meta["train_config"]["bin_mode"] == "max"
+    assert meta["binning"] == 2 and meta["input_shape"] == [32, 32]
+    model = dfk.load_model(max_trained)
+    assert model.bin_mode == "max"
+    with dataset.open_dataset(tiny_set) as ds:
+        train = dfk.subset(ds, "train", 16, 0)
+        frames = np.stack([ds.image8(i) for i in train])
+        test = np.stack([ds.image8(i) for i in ds.indices("test")[:12]])
+    # the mean image and the input are max-binned, not averaged
+    expected_mean = dfk.bin_images(frames, 2, "max").astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(model.mean, expected_mean, atol=1e-6)
+    x = model.preprocess(test[:2]).numpy()[:, 0]
+    np.testing.assert_allclose(x, dfk.bin_images(test[:2], 2, "max") - model.mean, atol=1e-6)
+    assert not np.allclose(x, dfk.bin_images(test[:2], 2, "mean") - model.mean, atol=1e-3)
+    again = dfk.load_model(model.save(tmp_path / "copy"))
+    assert again.bin_mode == "max"
+    np.testing.assert_array_equal(again.scores(test), model.scores(test))
+    np.testing.assert_array_equal(again.predict(test), model.predict(test))
+
+
+def test_a_model_json_without_bin_mode_loads_as_mean(trained, tmp_path):
+    out, _ = trained
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["bin_mode"] == "mean"
+    old = tmp_path / "old-model"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    del meta["bin_mode"]
+    del meta["train_config"]["bin_mode"]
+    (old / "model.json").write_text(json.dumps(meta))
+    model = dfk.load_model(old)
+    assert model.bin_mode == "mean" and "bin_mode" not in model.info
+
+
+def test_a_checkpoint_resumes_only_with_its_bin_mode(tiny_set, trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(ValueError, match="another run"):
+        dfk.train(tiny_set, out, dfk.TrainConfig(**TINY, bin_mode="max", epochs=3), progress=False)
+    # a checkpoint written before the option existed has no bin_mode: it was mean-binned and resumes as such
+    old = tmp_path / "old-run"
+    shutil.copytree(out, old)
+    state_path = old / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    del state["config"]["bin_mode"]
+    state_path.write_text(json.dumps(state))
+    assert dfk.train(tiny_set, old, dfk.TrainConfig(**TINY, epochs=2), progress=False).resumed_from == 2
 
 
 def test_subsets_are_stratified_and_seeded(tiny_set):
