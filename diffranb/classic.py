@@ -82,7 +82,8 @@ class ClassicConfig:
 
     Attributes
     ----------
-    extractor : {"glcm", "lbp", "sift"}
+    extractor : {"glcm", "lbp", "sift", "spots"}
+        DiffraNet's three extractors, or the spot statistics of a hit finder (beyond the paper).
     distances : tuple of int, pixels
         GLCM offsets, a non-empty subset of :data:`diffranb.features.GLCM_DISTANCES`.
     angles : tuple of int, degrees
@@ -93,6 +94,8 @@ class ClassicConfig:
         LBP circle radius (:data:`diffranb.features.LBP_RADII`).
     words : int
         SIFT vocabulary size (:data:`diffranb.features.SIFT_WORDS`).
+    window : int, pixels
+        Median-background window of the spot statistics (:data:`diffranb.features.SPOT_WINDOWS`).
     classifier : {"rf", "svm"}
     C : float
         SVM penalty, dimensionless (:data:`SVM_C`).
@@ -116,6 +119,7 @@ class ClassicConfig:
     points: int = 8  # samples
     radius: int = 1  # pixels
     words: int = 100  # visual words
+    window: int = 5  # pixels
     classifier: str = "rf"
     C: float = 1.0  # dimensionless
     gamma: float = 2.0 ** -5  # dimensionless, on standardised features
@@ -135,6 +139,7 @@ class ClassicConfig:
         _check_in("points", self.points, features.LBP_POINTS)
         _check_in("radius", self.radius, features.LBP_RADII)
         _check_in("words", self.words, features.SIFT_WORDS)
+        _check_in("window", self.window, features.SPOT_WINDOWS)
         _check_in("classifier", self.classifier, CLASSIFIERS)
         for name in ("C", "gamma"):
             value = getattr(self, name)
@@ -152,12 +157,13 @@ class ClassicConfig:
         """Parameters of the extractor, as :meth:`diffranb.features.FeatureStore.features` takes them."""
         return {"glcm": {"distances": self.distances, "angles": self.angles},
                 "lbp": {"points": self.points, "radius": self.radius},
-                "sift": {"k": self.words, "seed": self.seed}}[self.extractor]
+                "sift": {"k": self.words, "seed": self.seed}, "spots": {"window": self.window}}[self.extractor]
 
     def to_dict(self) -> dict:
         """The fields that matter for this extractor and classifier (JSON-ready)."""
         keep = {"extractor", "classifier", "class_weight", "seed"}
-        keep |= {"glcm": {"distances", "angles"}, "lbp": {"points", "radius"}, "sift": {"words"}}[self.extractor]
+        keep |= {"glcm": {"distances", "angles"}, "lbp": {"points", "radius"}, "sift": {"words"},
+                 "spots": {"window"}}[self.extractor]
         keep |= {"rf": {"n_estimators", "max_features", "max_depth"}, "svm": {"C", "gamma"}}[self.classifier]
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
 

@@ -131,6 +131,10 @@ def _ints(text):
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
+def _names(text):
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _add_classic_commands(sub) -> None:
     from . import classic, features, tune
 
@@ -150,6 +154,7 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--points", type=int, default=d.points, help="LBP samples P")
     p.add_argument("--radius", type=int, default=d.radius, help="LBP radius R (px)")
     p.add_argument("--words", type=int, default=d.words, help="SIFT vocabulary size")
+    p.add_argument("--window", type=int, default=d.window, help="spot statistics: median-background window (px)")
     p.add_argument("--classifier", choices=classic.CLASSIFIERS, default=d.classifier)
     p.add_argument("--C", type=float, default=d.C, help="SVM penalty")
     p.add_argument("--gamma", type=float, default=d.gamma, help="SVM RBF γ (standardised features)")
@@ -173,6 +178,9 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--timeout", type=float, default=tune.DEFAULT_TIMEOUT_S,
                    help=f"seconds one trial may take (default {tune.DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--stop-after", type=int, help="evaluate at most this many new trials now")
+    p.add_argument("--extractors", type=_names, default=features.PAPER_KINDS,
+                   help="extractors to search, e.g. glcm,lbp,sift (the paper's, default) or spots "
+                        f"(choose among {','.join(features.KINDS)})")
     p.add_argument("--report", help="then refit the best pipelines, test them and write metrics and figures here")
     p.add_argument("--models", help="with --report: save the refitted models under this directory")
     p.add_argument("--cache", help="feature cache directory (default: <data>.features)")
@@ -181,7 +189,12 @@ def _add_classic_commands(sub) -> None:
     p.set_defaults(func=_tune_hyperopt)
 
     p = sub.add_parser("evaluate", help="test a saved model (classic or DeepFreak) on a split of a data set")
-    p.add_argument("--model", required=True, help="model directory (with model.json)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="model directory (with model.json)")
+    which.add_argument("--ideal-counter", action="store_true",
+                       help="instead of a model, an ideal integrator counting each frame's reflections that "
+                            "measure I/σ ≥ 3 (dataset.IdealCounter): the reference any classifier is held to")
+    p.add_argument("--seed", type=int, default=0, help="with --ideal-counter: seed of its noise draws")
     p.add_argument("--data", required=True, help="a data set built by `diffranb generate`")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -203,7 +216,7 @@ def _train_classic(args) -> int:
         max_features = args.max_features if args.max_features == "sqrt" else float(args.max_features)
         config = classic.ClassicConfig(
             extractor=args.extractor, distances=args.distances, angles=args.angles, points=args.points,
-            radius=args.radius, words=args.words, classifier=args.classifier, C=args.C, gamma=args.gamma,
+            radius=args.radius, words=args.words, window=args.window, classifier=args.classifier, C=args.C, gamma=args.gamma,
             n_estimators=args.n_estimators, max_features=max_features, max_depth=args.max_depth,
             class_weight=args.class_weight, seed=args.seed)
     store = features.FeatureStore(args.data, args.cache, workers=args.workers)
@@ -223,7 +236,7 @@ def _tune_hyperopt(args) -> int:
     start = time.perf_counter()
     record = tune.run(args.data, args.out, n_trials=args.trials, seed=args.seed, cache_dir=args.cache,
                       timeout_s=args.timeout, workers=args.workers, progress=not args.no_progress,
-                      stop_after=args.stop_after)
+                      stop_after=args.stop_after, extractors=args.extractors)
     best = record.get("best")
     print(f"{len(record['trials'])} trials in {args.out}: search {record['search_seconds']:.0f} s, "
           f"feature extraction {record['extract_seconds']:.0f} s")
@@ -244,8 +257,9 @@ def _tune_hyperopt(args) -> int:
 def _evaluate(args) -> int:
     from . import dataset, evaluate
 
-    model = evaluate.load_model(args.model)
     with dataset.open_dataset(args.data) as ds:
+        model = dataset.IdealCounter.for_dataset(ds, args.seed) if args.ideal_counter else \
+            evaluate.load_model(args.model)
         result = evaluate.evaluate_model(model, ds, args.split)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -263,7 +277,7 @@ def _evaluate(args) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 def _add_deepfreak_commands() -> None:
-    from .deepfreak import TOPOLOGIES, TrainConfig
+    from .deepfreak import BIN_MODES, TOPOLOGIES, TrainConfig
 
     d = TrainConfig()
     p = TRAIN_KINDS["kinds"].add_parser("deepfreak", help="DeepFreak: a ResNet-50 on the frames (torch, CPU)")

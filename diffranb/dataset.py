@@ -401,7 +401,8 @@ def reflection_table(scene: Scene, background: np.ndarray | None = None, *, min_
     dict of (n,) arrays
         ``h``, ``k``, ``l`` (int64); ``slow``, ``fast`` (float64, pixels); ``d_A`` (float64, Å);
         ``photons_per_block`` (float64: S_G / n_blocks, beamstop included); ``background`` (float64, photons
-        in the box); ``threshold_blocks`` (float64, inf for reflections that never count).
+        in the box); ``noise_floor`` (float64, photons²: B + n_box·σ_read², the variance of the box without
+        the signal); ``threshold_blocks`` (float64, inf for reflections that never count).
 
     References
     ----------
@@ -447,7 +448,8 @@ def reflection_table(scene: Scene, background: np.ndarray | None = None, *, min_
     with np.errstate(divide="ignore"):
         threshold = np.where(per_block > 0, needed / per_block, np.inf)
     return {"h": hkl[:, 0].copy(), "k": hkl[:, 1].copy(), "l": hkl[:, 2].copy(), "slow": slow, "fast": fast,
-            "d_A": d, "photons_per_block": per_block, "background": box_bg, "threshold_blocks": threshold}
+            "d_A": d, "photons_per_block": per_block, "background": box_bg, "noise_floor": floor,
+            "threshold_blocks": threshold}
 
 
 def _box_sums(image, i, j, half):
@@ -1360,6 +1362,73 @@ class Dataset:
 def open_dataset(path) -> Dataset:
     """Open a built data set for lazy reading (see :class:`Dataset`)."""
     return Dataset(path)
+
+
+class IdealCounter:
+    """The class an ideal integrator would give each frame: a reference for what any classifier can reach.
+
+    The classes are cut on the number of reflections whose *expected* signal has I/σ ≥ k (the noiseless
+    truth). A frame shows one noisy realisation: a reflection just above the threshold may measure below it,
+    and one below may measure above. The ideal integrator knows every spot's position and the exact
+    background; for each reflection of the frame's crystal (:func:`reflection_table`) it draws the photons in
+    its box, Poisson(S + B), and the read-out noise of the box, Normal(0, n_box·σ_read²), subtracts B,
+    estimates σ² = max(I, 0) + B + n_box·σ_read², and counts I ≥ k·σ; the frame's class is that count cut
+    with the set's cuts. Frames without X-rays are blank; ice frames keep their ice label. The detector's gain
+    pattern and point spread, which a real integrator also faces, are left out: the reference is
+    optimistic.
+
+    It has the interface of a saved model for :func:`diffranb.evaluate.evaluate_model`.
+
+    Parameters
+    ----------
+    classes : tuple of str
+        The data set's classes.
+    cuts : Cuts
+        The data set's cuts.
+    seed : int
+        Seed of the noise draws; frame i draws from ``SeedSequence(seed, spawn_key=(i,))``.
+    """
+
+    kind = "ideal-counter"
+    dataset_hash = None
+
+    def __init__(self, classes, cuts: Cuts = Cuts(), seed: int = 0):
+        self.classes, self.cuts, self.seed = tuple(classes), cuts, int(seed)
+
+    @classmethod
+    def for_dataset(cls, ds: Dataset, seed: int = 0) -> IdealCounter:
+        """The ideal counter of an open data set (its classes and cuts)."""
+        return cls(ds.classes, ds.config.cuts, seed)
+
+    def measured_count(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> int:
+        """Reflections of frame ``index`` (its stored parameters ``row``, drawn at ``pixels`` with ``ranges``)
+        that measure I/σ ≥ k in one realisation."""
+        if not row["has_crystal"]:
+            return 0
+        scene = scene_from_params(row, pixels, ranges)
+        table = reflection_table(scene, min_i_over_sigma=self.cuts.min_i_over_sigma)
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(int(index),)))
+        signal = table["photons_per_block"] * float(row["n_blocks"])
+        background, floor = table["background"], table["noise_floor"]
+        read_variance = floor - background
+        measured = rng.poisson(signal + background) + rng.normal(size=signal.shape) * np.sqrt(read_variance) \
+            - background
+        sigma = np.sqrt(np.maximum(measured, 0.0) + floor)
+        return int(np.count_nonzero(measured >= self.cuts.min_i_over_sigma * sigma))
+
+    def predict_dataset(self, ds: Dataset, indices, *, progress: bool = False) -> np.ndarray:
+        """Label codes of frames ``indices`` of an open data set, (n,) int64."""
+        from tqdm.auto import tqdm
+
+        indices = np.asarray(indices, dtype=np.int64)
+        columns = ds.columns()
+        counts = np.zeros(len(indices), dtype=np.int64)
+        for n, i in enumerate(tqdm(indices, desc="ideal counter", unit="img", disable=not progress)):
+            counts[n] = self.measured_count({name: columns[name][i] for name in columns}, i,
+                                            pixels=ds.config.pixels, ranges=ds.config.ranges)
+        codes = label_codes(columns["x_rays"][indices], counts, columns["ice_contrast"][indices], cuts=self.cuts,
+                            ice=ICE in self.classes)
+        return codes.astype(np.int64)
 
 
 def relabel(ds: Dataset, cuts: Cuts) -> np.ndarray:

@@ -45,8 +45,11 @@ LEVELS = 256
 #: Descriptors of training frames the k-means vocabulary is fitted on, at most (a seeded sample).
 MAX_VOCABULARY_DESCRIPTORS = 100_000
 #: Bumped whenever an extractor's output changes, so that caches built by older code are not reused.
-EXTRACTOR_VERSIONS = {"glcm": 1, "lbp": 1, "sift": 1}
-KINDS = ("glcm", "lbp", "sift")
+EXTRACTOR_VERSIONS = {"glcm": 1, "lbp": 1, "sift": 1, "spots": 1}
+#: DiffraNet's three extractors (the paper's search space).
+PAPER_KINDS = ("glcm", "lbp", "sift")
+#: Every extractor: the paper's, and the spot statistics of a hit finder.
+KINDS = PAPER_KINDS + ("spots",)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,6 +304,125 @@ def lbp_columns(points: int, radius: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Spot statistics: what a hit finder counts (beyond DiffraNet's extractors)
+# ---------------------------------------------------------------------------------------------------------
+
+#: Median-filter windows (pixels) of the local background the spot statistics are measured against.
+SPOT_WINDOWS = (5, 7, 9)
+#: Significance levels of a peak's 3 × 3 box sum (in units of its annulus's robust noise), log-spaced.
+SPOT_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0, 50.0, 64.0)
+#: Levels at which peaks are also counted per radial band (resolution), and the number of bands.
+SPOT_BAND_LEVELS = (5.0, 10.0)
+SPOT_BANDS = 4
+#: Concentric annuli about the frame centre over which the noise of the box sums is estimated.
+NOISE_ANNULI = 16
+#: Smallest noise of a box sum, grey levels: the rounding of nine 8-bit pixels (√(9/12)).
+MIN_BOX_NOISE = math.sqrt(9.0 / 12.0)
+SPOT_STATS = ("background median", "background p90", "box noise median")
+
+_ANNULI = {}
+
+
+def _annuli(shape):
+    """Pixel order grouping the frame into :data:`NOISE_ANNULI` rings about its centre, and band indices."""
+    if shape not in _ANNULI:
+        i, j = np.indices(shape, dtype=np.float64)
+        r = np.hypot(i - (shape[0] - 1) / 2.0, j - (shape[1] - 1) / 2.0)
+        ring = np.minimum((r / r.max() * NOISE_ANNULI).astype(np.int64), NOISE_ANNULI - 1).ravel()
+        order = np.argsort(ring, kind="stable")
+        bounds = np.searchsorted(ring[order], np.arange(NOISE_ANNULI + 1))
+        band = np.minimum((r / (0.5 * min(shape)) * SPOT_BANDS).astype(np.int64), SPOT_BANDS - 1)
+        _ANNULI[shape] = (ring.reshape(shape), order, bounds, band)
+    return _ANNULI[shape]
+
+
+def spot_significance(image, window: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Significance of a spot at every pixel: the 3 × 3 box sum above a median background, over its noise.
+
+    The background is the frame's median over ``window`` × ``window`` pixels, which follows water and ice
+    rings but not spots one or two pixels wide. The box sum of the excess is divided by its noise in each of
+    :data:`NOISE_ANNULI` rings about the frame centre (the rms deviation from the ring's median, clipped at
+    four robust standard deviations so that spots do not count);
+    on the square-root grey scale of :func:`diffranb.dataset.to_8bit` counting noise is nearly the same at
+    every level, so one noise per ring is enough.
+
+    Returns
+    -------
+    z : (M, N) float32
+        Significance, dimensionless.
+    background : (M, N) uint8
+        The median background, grey levels.
+    noise : (NOISE_ANNULI,) float64
+        Noise of a box sum in each ring, grey levels.
+    """
+    import cv2
+
+    image = _check_image(image)
+    if window not in SPOT_WINDOWS:
+        raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
+    background = cv2.medianBlur(image, window)
+    excess = image.astype(np.float32) - background.astype(np.float32)
+    box = cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+    ring, order, bounds, _ = _annuli(image.shape)
+    flat = box.ravel()[order]
+    noise = np.empty(NOISE_ANNULI)
+    for a in range(NOISE_ANNULI):
+        deviation = np.abs(flat[bounds[a]:bounds[a + 1]] - np.median(flat[bounds[a]:bounds[a + 1]]))
+        # the MAD of integer box sums moves in steps of 1.48: it only sets a 4σ clip for the standard deviation
+        clip = 4.0 * max(1.4826 * float(np.median(deviation)), MIN_BOX_NOISE)
+        inside = deviation[deviation < clip]
+        noise[a] = max(float(np.sqrt(np.mean(inside * inside))), MIN_BOX_NOISE)
+    z = box / noise[ring].astype(np.float32)
+    return z, background, noise
+
+
+def max_3x3(z) -> np.ndarray:
+    """Largest value of each pixel's 3 × 3 neighbourhood (OpenCV's grey dilation; edges see only the frame)."""
+    import cv2
+
+    return cv2.dilate(z, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+
+
+def spot_features(image, window: int = 5) -> np.ndarray:
+    """Spot statistics of one frame: how many local maxima of :func:`spot_significance` reach each level.
+
+    Columns (:func:`feature_names`): log(1 + count) of 3 × 3 local maxima with z ≥ each of
+    :data:`SPOT_LEVELS`; the same at :data:`SPOT_BAND_LEVELS` in each of :data:`SPOT_BANDS` radial bands
+    (resolution); and the median and 90th percentile of the background and the median box noise, which say
+    how bright the shot was. This is what a hit finder measures; DiffraNet's extractors see texture only.
+
+    Returns
+    -------
+    (len(SPOT_LEVELS) + len(SPOT_BAND_LEVELS)·SPOT_BANDS + 3,) float64
+    """
+    z, background, noise = spot_significance(image, window)
+    peak = (z >= max_3x3(z)) & (z >= SPOT_LEVELS[0])
+    values = z[peak]
+    counts = [np.count_nonzero(values >= level) for level in SPOT_LEVELS]
+    band = _annuli(z.shape)[3][peak]
+    for level in SPOT_BAND_LEVELS:
+        counts.extend(np.bincount(band[values >= level], minlength=SPOT_BANDS))
+    stats = [float(np.median(background)), float(np.percentile(background, 90)), float(np.median(noise))]
+    return np.concatenate([np.log1p(np.asarray(counts, dtype=np.float64)), stats])
+
+
+def spot_names() -> list:
+    """Column names of :func:`spot_features`."""
+    names = [f"peaks z≥{level:g}" for level in SPOT_LEVELS]
+    names += [f"peaks z≥{level:g} band {b}" for level in SPOT_BAND_LEVELS for b in range(SPOT_BANDS)]
+    return names + list(SPOT_STATS)
+
+
+def spot_columns(window: int) -> np.ndarray:
+    """Columns of the full spot block (every window of :data:`SPOT_WINDOWS`, in order) of one window."""
+    if window not in SPOT_WINDOWS:
+        raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
+    width = len(spot_names())
+    start = SPOT_WINDOWS.index(window) * width
+    return np.arange(start, start + width)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # SIFT and the bag of visual words
 # ---------------------------------------------------------------------------------------------------------
 
@@ -425,17 +547,18 @@ def extract(kind: str, images, **params) -> np.ndarray:
 
     Parameters
     ----------
-    kind : {"glcm", "lbp", "sift"}
+    kind : {"glcm", "lbp", "sift", "spots"}
     images : (n, M, N) uint8
         As classifiers see frames (:func:`diffranb.dataset.to_8bit`).
     **params
         glcm: ``distances`` (pixels) and ``angles`` (degrees), default the whole search space;
-        lbp: ``points`` and ``radius``; sift: ``vocabulary``, a fitted :class:`Vocabulary`.
+        lbp: ``points`` and ``radius``; sift: ``vocabulary``, a fitted :class:`Vocabulary`; spots:
+        ``window`` (default 5).
 
     Returns
     -------
     (n, d) float64
-        d = 6·len(distances)·len(angles) for glcm, P + 2 for lbp, k for sift.
+        d = 6·len(distances)·len(angles) for glcm, P + 2 for lbp, k for sift, 25 for spots.
     """
     images = np.asarray(images)
     if images.ndim != 3:
@@ -457,6 +580,11 @@ def extract(kind: str, images, **params) -> np.ndarray:
         offsets = np.concatenate([[0], np.cumsum([len(d) for d in descriptors])])
         stacked = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
         return vocabulary.histograms(stacked, offsets).astype(np.float64)
+    if kind == "spots":
+        window = params.pop("window", SPOT_WINDOWS[0])
+        _no_more(kind, params)
+        return np.stack([spot_features(im, window) for im in images]) if len(images) else \
+            np.zeros((0, len(spot_names())))
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
 
@@ -469,6 +597,8 @@ def feature_names(kind: str, **params) -> list:
         return [f"lbp{params['points']},{params['radius']} code {c}" for c in range(params["points"] + 2)]
     if kind == "sift":
         return [f"word {w}" for w in range(params["k"])]
+    if kind == "spots":
+        return spot_names()
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
 
@@ -504,6 +634,8 @@ def _block_features(images, block: str):
         return np.stack(out)
     if block == "sift":
         return [sift_descriptors(im) for im in images]
+    if block == "spots":
+        return np.stack([np.concatenate([spot_features(im, w) for w in SPOT_WINDOWS]) for im in images])
     raise ValueError(block)
 
 
@@ -626,7 +758,9 @@ class FeatureStore:
         return results
 
     _BLOCK_PARAMS = {"glcm": {"distances": GLCM_DISTANCES, "angles": GLCM_ANGLES},
-                     "lbp": {"points": LBP_POINTS, "radii": LBP_RADII}}
+                     "lbp": {"points": LBP_POINTS, "radii": LBP_RADII},
+                     "spots": {"windows": SPOT_WINDOWS, "levels": SPOT_LEVELS, "band_levels": SPOT_BAND_LEVELS,
+                               "bands": SPOT_BANDS, "annuli": NOISE_ANNULI}}
 
     def _block_path(self, kind: str) -> Path:
         return self._path(kind, self._BLOCK_PARAMS[kind]) if kind != "sift" else self._path("sift-descriptors", {})
@@ -647,9 +781,10 @@ class FeatureStore:
                            {"kind": kind, "params": self._BLOCK_PARAMS[kind]})
 
     def block(self, kind: str) -> np.ndarray:
-        """The full block of ``kind`` ("glcm": (n, 120); "lbp": (n, 180)), extracted if not cached."""
-        if kind not in ("glcm", "lbp"):
-            raise ValueError(f"kind = {kind!r}: blocks exist for 'glcm' and 'lbp'")
+        """The full block of ``kind`` ("glcm": (n, 120); "lbp": (n, 180); "spots": (n, 75)), extracted if not
+        cached."""
+        if kind not in ("glcm", "lbp", "spots"):
+            raise ValueError(f"kind = {kind!r}: blocks exist for 'glcm', 'lbp' and 'spots'")
         if self._load(self._block_path(kind)) is None:
             self._extract((kind,))
         return self._load(self._block_path(kind))["features"]
@@ -680,7 +815,8 @@ class FeatureStore:
         """The feature matrix of every frame for one extractor setting, (n, d).
 
         ``glcm``: ``distances``, ``angles`` (a column selection of the cached block); ``lbp``: ``points``,
-        ``radius`` (likewise); ``sift``: ``k``, optional ``seed`` (histograms cached per vocabulary).
+        ``radius`` (likewise); ``sift``: ``k``, optional ``seed`` (histograms cached per vocabulary);
+        ``spots``: ``window`` (a column selection).
         """
         if kind == "glcm":
             cols = glcm_columns(params.get("distances", GLCM_DISTANCES), params.get("angles", GLCM_ANGLES))
@@ -698,9 +834,11 @@ class FeatureStore:
             values = vocab.histograms(descriptors, offsets)
             self._save(path, {"features": values}, {"kind": "sift-words", "k": k, "seed": seed})
             return values
+        if kind == "spots":
+            return self.block("spots")[:, spot_columns(params.get("window", SPOT_WINDOWS[0]))]
         raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
-    def precompute(self, kinds=KINDS) -> None:
+    def precompute(self, kinds=PAPER_KINDS) -> None:
         """Extract every block of the given kinds not yet cached, in one pass over the set (the SIFT
         vocabularies are fitted on demand)."""
         missing = [kind for kind in kinds if self._load(self._block_path(kind)) is None]

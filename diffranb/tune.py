@@ -47,10 +47,17 @@ def _subsets(values) -> list[tuple]:
     return [c for r in range(1, len(values) + 1) for c in combinations(values, r)]
 
 
-def space():
+def space(extractors=features.PAPER_KINDS):
     """The joint search space of DiffraNet's Table 7, as a Hyperopt expression.
 
     Every choice is categorical (``hp.choice``), so that TPE models each option's density separately.
+
+    Parameters
+    ----------
+    extractors : tuple of str
+        The extractors to search, in this order: by default the paper's three; ``"spots"`` (the spot
+        statistics of :func:`diffranb.features.spot_features`, window ∈ :data:`~diffranb.features.SPOT_WINDOWS`)
+        goes beyond it.
     """
     from hyperopt import hp
 
@@ -60,15 +67,27 @@ def space():
          "max_features": hp.choice("max_features", classic.RF_MAX_FEATURES),
          "max_depth": hp.choice("max_depth", classic.RF_MAX_DEPTH)},
     ])
-    extractor = hp.choice("extractor", [
-        {"extractor": "glcm", "distances": hp.choice("distances", _subsets(features.GLCM_DISTANCES)),
-         "angles": hp.choice("angles", _subsets(features.GLCM_ANGLES))},
-        {"extractor": "lbp", "points": hp.choice("points", features.LBP_POINTS),
-         "radius": hp.choice("radius", features.LBP_RADII)},
-        {"extractor": "sift", "words": hp.choice("words", features.SIFT_WORDS)},
-    ])
+    options = {
+        "glcm": lambda: {"extractor": "glcm", "distances": hp.choice("distances", _subsets(features.GLCM_DISTANCES)),
+                         "angles": hp.choice("angles", _subsets(features.GLCM_ANGLES))},
+        "lbp": lambda: {"extractor": "lbp", "points": hp.choice("points", features.LBP_POINTS),
+                        "radius": hp.choice("radius", features.LBP_RADII)},
+        "sift": lambda: {"extractor": "sift", "words": hp.choice("words", features.SIFT_WORDS)},
+        "spots": lambda: {"extractor": "spots", "window": hp.choice("window", features.SPOT_WINDOWS)},
+    }
+    extractors = check_extractors(extractors)
+    extractor = hp.choice("extractor", [options[name]() for name in extractors])
     return {"model": classifier, "features": extractor,
             "class_weight": hp.choice("class_weight", tuple(classic.CLASS_WEIGHTS))}
+
+
+def check_extractors(extractors) -> tuple:
+    """``extractors`` as a tuple, refused unless a non-empty list of distinct names of
+    :data:`diffranb.features.KINDS`."""
+    extractors = tuple(extractors)
+    if not extractors or len(set(extractors)) != len(extractors) or not set(extractors) <= set(features.KINDS):
+        raise ValueError(f"extractors = {extractors!r}: must be distinct names among {features.KINDS}")
+    return extractors
 
 
 def config_from_sample(sample: dict, seed: int = 0) -> classic.ClassicConfig:
@@ -176,12 +195,14 @@ class TrialRunner:
 # The search: persisted, resumable
 # ---------------------------------------------------------------------------------------------------------
 
-def _header(store, seed, timeout_s) -> dict:
+def _header(store, seed, timeout_s, extractors) -> dict:
     from . import __version__
 
+    space_name = "DiffraNet Table 7" if extractors == features.PAPER_KINDS else \
+        "DiffraNet Table 7 classifiers; extractors " + ", ".join(extractors)
     return {"format": FORMAT, "dataset_sha256": store.content_sha256, "data": str(store.data), "seed": seed,
-            "space": "DiffraNet Table 7", "startup_trials": STARTUP_TRIALS, "timeout_s": timeout_s,
-            "diffranb_version": __version__}
+            "space": space_name, "extractors": list(extractors), "startup_trials": STARTUP_TRIALS,
+            "timeout_s": timeout_s, "diffranb_version": __version__}
 
 
 def load_trials(path) -> dict:
@@ -218,7 +239,8 @@ def _hyperopt_trials(records: list):
 
 
 def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeout_s: float = DEFAULT_TIMEOUT_S,
-        workers: int = 2, progress: bool = True, stop_after: int | None = None) -> dict:
+        workers: int = 2, progress: bool = True, stop_after: int | None = None,
+        extractors=features.PAPER_KINDS) -> dict:
     """Run (or resume) a TPE search of :func:`space` on a data set, persisting every trial to ``out``.
 
     Parameters
@@ -241,6 +263,8 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         Progress bars for the extraction and one line per trial (stderr).
     stop_after : int, optional
         Evaluate at most this many new trials now (to interrupt on purpose; the file resumes later).
+    extractors : tuple of str
+        Extractors of the space (:func:`space`); a resumed search must keep them.
 
     Returns
     -------
@@ -255,10 +279,12 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
     if not out.parent.is_dir():
         raise ValueError(f"out = {str(out)!r}: directory {str(out.parent)!r} does not exist")
     store = features.FeatureStore(data, cache_dir, workers=workers, progress=progress)
-    header = _header(store, seed, timeout_s)
+    extractors = check_extractors(extractors)
+    header = _header(store, seed, timeout_s, extractors)
     if out.exists():
         record = load_trials(out)
-        for key in ("dataset_sha256", "seed"):
+        record.setdefault("extractors", list(features.PAPER_KINDS))  # files written before the option
+        for key in ("dataset_sha256", "seed", "extractors"):
             if record[key] != header[key]:
                 raise ValueError(f"{str(out)!r} was run with {key} = {record[key]!r}, not {header[key]!r}: "
                                  "choose another file to start a new search")
@@ -270,13 +296,14 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         return record
 
     start = time.perf_counter()
-    store.precompute()
-    for k in features.SIFT_WORDS:
-        store.features("sift", k=k, seed=seed)
+    store.precompute(extractors)
+    if "sift" in extractors:
+        for k in features.SIFT_WORDS:
+            store.features("sift", k=k, seed=seed)
     record["extract_seconds"] += time.perf_counter() - start
 
     trials = _hyperopt_trials(done)
-    sp = space()
+    sp = space(extractors)
     algo = partial(tpe.suggest, n_startup_jobs=STARTUP_TRIALS)
     budget = len(done) + (n_trials - len(done) if stop_after is None else min(stop_after, n_trials - len(done)))
     with TrialRunner(data, cache_dir, n_jobs=workers, timeout_s=timeout_s) as runner:
@@ -347,7 +374,8 @@ def losses(record: dict) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 
 #: Pipelines :func:`report` refits and tests: the paper's two classic winners, and the search's best.
-REPORTED = ("RF+GLCM", "SVM+GLCM", "best")
+#: Pipelines whose best trial :func:`report` refits and tests when the search tried them (and the overall best).
+REPORTED = ("RF+GLCM", "SVM+GLCM", "RF+SPOTS", "SVM+SPOTS", "best")
 
 
 def report(trials, data, out_dir, *, models_dir=None, cache_dir=None, workers: int = 2, command: str = "",

@@ -93,20 +93,31 @@ def show_pattern(image, *, ax: Axes | None = None, scale: str = "sqrt", vmax: fl
     -------
     matplotlib Axes
     """
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image.shape={image.shape}: must be 2-D (slow, fast)")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
     vmax = default_vmax(image) if vmax is None else vmax
-    im = ax.imshow(image, cmap=cmap, norm=norm(scale, vmax), interpolation="nearest", origin="upper", **kw)
+    ax = _show_image(image, "image", ax, colorbar, unit, cmap=cmap, norm=norm(scale, vmax), **kw)
     if beam_center is not None:
         slow, fast = beam_center
         ax.plot([fast], [slow], marker="+", markersize=12, color="tab:red", linestyle="none")
+    return ax
+
+
+def _show_image(values, name: str, ax: Axes | None, colorbar: bool, label: str, **kw) -> Axes:
+    """The image, pixel axes and colour bar that :func:`show_pattern` and :func:`show_map` both draw.
+
+    Slow runs down and pixel ``i`` is centred at coordinate ``i``; ``name`` is the caller's argument, for the
+    error message; ``label`` labels the colour bar, drawn if ``colorbar``; ``kw`` go to
+    :meth:`~matplotlib.axes.Axes.imshow`.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"{name}.shape={values.shape}: must be 2-D (slow, fast)")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
+    im = ax.imshow(values, interpolation="nearest", origin="upper", **kw)
     ax.set_xlabel("fast (px)")
     ax.set_ylabel("slow (px)")
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, label=unit)
+        ax.figure.colorbar(im, ax=ax, label=label)
     return ax
 
 
@@ -279,17 +290,7 @@ def show_map(values, *, ax: Axes | None = None, unit: str = "", cmap: str = "vir
     -------
     matplotlib Axes
     """
-    values = np.asarray(values)
-    if values.ndim != 2:
-        raise ValueError(f"values.shape={values.shape}: must be 2-D (slow, fast)")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 4.5), layout="constrained")
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", origin="upper", **kw)
-    ax.set_xlabel("fast (px)")
-    ax.set_ylabel("slow (px)")
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, label=unit)
-    return ax
+    return _show_image(values, "values", ax, colorbar, unit, cmap=cmap, vmin=vmin, vmax=vmax, **kw)
 
 
 def plot_ewald_section(points, wavelength_A: float, *, ax: Axes | None = None, tolerance: float = 0.01,
@@ -569,6 +570,21 @@ def plot_keypoints(image, keypoints, *, ax: Axes | None = None, color: str = "ta
     for kp in keypoints:
         (x, y), r = kp.pt, kp.size / 2
         ax.add_patch(plt.Circle((x, y), r, fill=False, color=color, linewidth=0.8))
+    return ax
+
+
+def plot_spot_peaks(image, *, window: int = 5, level: float = 8.0, ax: Axes | None = None,
+                    color: str = "tab:orange", **kw) -> Axes:
+    """An 8-bit frame with the peaks the spot statistics count at significance ``level`` circled
+    (:func:`diffranb.features.spot_significance`: 3 × 3 local maxima of the box-summed excess over the local
+    median, in units of its noise)."""
+    from .features import max_3x3, spot_significance
+
+    z = spot_significance(image, window)[0]
+    peaks = np.argwhere((z >= max_3x3(z)) & (z >= level))
+    ax = show_pattern(image, ax=ax, scale="linear", vmax=255, unit="grey level", **kw)
+    for i, j in peaks:
+        ax.add_patch(plt.Circle((j, i), 6, fill=False, color=color, linewidth=0.8))
     return ax
 
 

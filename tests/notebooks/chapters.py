@@ -192,16 +192,18 @@ def small_parameters(name: str, data_dir: Path, full_results: Path | None = None
     """The small parameters CI runs chapter ``name`` at (the same code path as the published defaults).
 
     ``data_dir`` receives the data sets the chapters build; chapters 3–5 reuse chapter 2's set when it is
-    there. ``full_results`` is where chapters 4 and 5 look for a committed full-scale run (None: none).
+    there. ``full_results`` is where chapters 2, 4 and 5 look for committed full-scale runs (None: none).
     """
     data = {"DATA_DIR": str(data_dir)}
     none = str(Path(data_dir) / "no-full-run")
     table = {
         "01_simulator_physics": dict(N_PIXELS=128, MOSAIC_DOMAINS=50),
-        "02_dataset": dict(N_IMAGES=60, PIXELS=128, N_ICE_IMAGES=30, **data),
+        "02_dataset": dict(N_IMAGES=60, PIXELS=128, N_ICE_IMAGES=30, **data,
+                           FULL_BUILD=str(full_results / "dataset" / "full_build.json") if full_results else none),
         "03_feature_extractors": dict(N_IMAGES=60, PIXELS=128, **data),
-        "04_classic_tuning": dict(N_IMAGES=60, PIXELS=128, N_TRIALS=6, **data,
-                                  FULL_RESULTS=str(full_results / "classic") if full_results else none),
+        "04_classic_tuning": dict(N_IMAGES=60, PIXELS=128, N_TRIALS=6, N_SPOT_TRIALS=4, **data,
+                                  FULL_RESULTS=str(full_results / "classic") if full_results else none,
+                                  SPOT_RESULTS=str(full_results / "classic-spots") if full_results else none),
         "05_deepfreak": dict(N_IMAGES=60, PIXELS=128, BINNING=2, MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, **data,
                              FULL_RESULTS=str(full_results / "deepfreak") if full_results else none),
     }

@@ -1,5 +1,6 @@
 """Every chapter, executed under papermill at small parameters, checked on the values it records."""
 
+import json
 import math
 
 import nbformat
@@ -63,7 +64,9 @@ def test_simulator_physics(tmp_path):
 
 @needs("02_dataset")
 def test_dataset(tmp_path):
-    values = run_chapter("02_dataset", tmp_path, N_IMAGES=60, PIXELS=128, N_ICE_IMAGES=30, DATA_DIR=str(tmp_path))
+    full_build = REPO / "results" / "dataset" / "full_build.json"
+    values = run_chapter("02_dataset", tmp_path, N_IMAGES=60, PIXELS=128, N_ICE_IMAGES=30, DATA_DIR=str(tmp_path),
+                         FULL_BUILD=str(full_build))
     print(f"chapter 2 built 60 frames of 128² in {values['build_seconds']} s")
     assert values["n_images"] == 60
     assert (values["n_train"], values["n_val"], values["n_test"]) == (24, 6, 30)  # 40 / 9.6 / 50.4 %
@@ -71,6 +74,11 @@ def test_dataset(tmp_path):
     assert values["gallery_frames"] == 15  # three per class
     assert values["ice_share"] == 0.1 and (values["cut_weak"], values["cut_good"]) == (5, 40)
     assert (tmp_path / "diffranet_60_0_128px.h5").is_file() and (tmp_path / "diffranet_ice_30_0_128px.h5").is_file()
+    assert 50 <= values["ideal_accuracy"] <= 100  # blank and no-crystal frames (42 %) are always right, most others too
+    if full_build.is_file():  # the chapter shows the committed full-build record as it is
+        record = json.loads(full_build.read_text())
+        assert values["full_build_minutes"] == round(record["wall_seconds"] / 60, 1)
+        assert values["full_build_peak_gib"] == record["peak_rss_gib_all_processes"]
 
 
 @needs("03_feature_extractors")
@@ -79,18 +87,19 @@ def test_feature_extractors(tmp_path):
     print(f"chapter 3: GLCM {values['glcm_speedup']}× faster than scikit-image, features in "
           f"{values['extract_seconds']} s")
     assert values["glcm_max_abs_diff"] <= 1e-10 and values["lbp_equal"] is True
-    assert set(values["first_look_accuracy"]) == {"glcm", "lbp", "sift"}
+    assert set(values["first_look_accuracy"]) == {"glcm", "lbp", "sift", "spots"}
     assert all(0 <= a <= 1 for a in values["first_look_accuracy"].values())
     assert values["sift_median_keypoints"]["blank"] == 0  # nothing to detect on a detector-only frame
     cache = tmp_path / "diffranet_60_0_128px.h5.features"
     assert sorted(p.name.split("-")[0] for p in next(cache.iterdir()).glob("*.npz")) == [
-        "glcm", "lbp", "sift", "sift", "sift"]  # blocks, descriptors, one vocabulary and its word table
+        "glcm", "lbp", "sift", "sift", "sift", "spots"]  # blocks, descriptors, one vocabulary and its word table
 
 
 @needs("04_classic_tuning")
 def test_classic_tuning(tmp_path):
-    values = run_chapter("04_classic_tuning", tmp_path, N_IMAGES=60, PIXELS=128, N_TRIALS=6, DATA_DIR=str(tmp_path),
-                         FULL_RESULTS=str(REPO / "results" / "classic"))
+    values = run_chapter("04_classic_tuning", tmp_path, N_IMAGES=60, PIXELS=128, N_TRIALS=6, N_SPOT_TRIALS=4,
+                         DATA_DIR=str(tmp_path), FULL_RESULTS=str(REPO / "results" / "classic"),
+                         SPOT_RESULTS=str(REPO / "results" / "classic-spots"))
     print(f"chapter 4: 6 trials in {values['search_seconds']} s, best {values['best_label']}")
     assert values["n_trials"] == 6 and sum(values["trials_by_label"].values()) == 6
     assert values["space_size"] == "470,450"
@@ -101,6 +110,11 @@ def test_classic_tuning(tmp_path):
     assert {"trials.json", "metrics.json", "search.png", "confusion.png", "models"} <= set(values["report_files"])
     if (REPO / "results" / "classic" / "metrics.json").is_file():
         assert set(values["full_accuracy"]) >= {"RF+GLCM", "SVM+GLCM", "best"}
+    assert 0 <= values["spots_test_accuracy"] <= 100 and 0 <= values["spots_binary_accuracy"] <= 100
+    spot_metrics = REPO / "results" / "classic-spots" / "metrics.json"
+    if spot_metrics.is_file():  # the committed full-scale figure, shown as it is
+        committed = json.loads(spot_metrics.read_text())["methods"]["best"]["test"]["accuracy"]
+        assert values["spots_full_accuracy"] == round(100 * committed, 2)
 
 
 @needs("05_deepfreak")

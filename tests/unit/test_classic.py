@@ -21,7 +21,8 @@ def store(tiny_set, tmp_path_factory):
 
 @pytest.mark.parametrize("field, value", [("extractor", "hog"), ("distances", ()), ("distances", (1, 3)),
                                           ("angles", (0, 0)), ("points", 6), ("classifier", "knn"), ("C", 0.0),
-                                          ("max_features", 2.0), ("max_depth", 0), ("class_weight", "heavy")])
+                                          ("max_features", 2.0), ("max_depth", 0), ("class_weight", "heavy"),
+                                          ("window", 4)])
 def test_config_refuses_values_outside_the_space(field, value):
     with pytest.raises(ValueError, match=f"ClassicConfig.{field}"):
         classic.ClassicConfig(**{field: value})
@@ -33,6 +34,10 @@ def test_config_round_trips_through_json_with_only_its_own_fields():
     assert set(d) == {"extractor", "points", "radius", "classifier", "C", "gamma", "class_weight", "seed"}
     assert classic.ClassicConfig.from_dict(d) == config
     assert config.label() == "SVM+LBP"
+    spots = classic.ClassicConfig(extractor="spots", window=7, n_estimators=10)
+    d = json.loads(json.dumps(spots.to_dict()))
+    assert d["window"] == 7 and "points" not in d and classic.ClassicConfig.from_dict(d) == spots
+    assert spots.label() == "RF+SPOTS"
 
 
 def test_class_weights_follow_the_label_codes():
@@ -51,6 +56,7 @@ def test_search_space_grids_are_the_papers():
     classic.ClassicConfig(distances=(1, 2), angles=(0, 90), n_estimators=20, class_weight="balanced"),
     classic.ClassicConfig(extractor="lbp", points=8, radius=1, classifier="svm", C=2.0, gamma=2**-3),
     classic.ClassicConfig(extractor="sift", words=10, n_estimators=10, max_depth=4),
+    classic.ClassicConfig(extractor="spots", window=7, n_estimators=10),
 ], ids=lambda c: c.label())
 def test_saved_model_loads_without_pickle_and_predicts_the_same(config, store, tiny_set, tmp_path):
     model = classic.train(config, store, n_jobs=1)

@@ -350,3 +350,42 @@ def test_the_chapter_figures_draw_from_a_built_set(tiny):
         with pytest.raises(ValueError, match="8-bit"):
             viz.plot_gallery([ds.image(0)], ["raw"])
     plt.close("all")
+
+
+def test_ideal_counter_counts_everything_bright_and_nothing_faint(tiny):
+    with dataset.open_dataset(tiny) as ds:
+        counter = dataset.IdealCounter.for_dataset(ds, seed=1)
+        crystal = np.flatnonzero(ds.column("has_crystal") == 1)
+        assert len(crystal)
+        for i in crystal:
+            row = ds.row(int(i))
+            scene = dataset.scene_from_params(row, ds.config.pixels, ds.config.ranges)
+            table = dataset.reflection_table(scene)
+            visible = int(np.count_nonzero(table["photons_per_block"] > 0))
+            kw = dict(pixels=ds.config.pixels, ranges=ds.config.ranges)
+            # a crystal 10⁶ times larger: every reflection whose signal then exceeds 100× its threshold signal
+            # (I/σ ≈ 3·√100 = 30 at least) must count; the far tails of the rest may or may not
+            blocks = row["n_blocks"] * 1e6
+            certain = int(np.count_nonzero(100.0 * table["threshold_blocks"] <= blocks))
+            huge = counter.measured_count(row | {"n_blocks": blocks}, int(i), **kw)
+            assert 0 < certain <= huge <= visible
+            # 10⁶ times smaller: what is left is noise, which passes 3σ for about one reflection in a thousand
+            tiny_count = counter.measured_count(row | {"n_blocks": row["n_blocks"] * 1e-6}, int(i), **kw)
+            assert tiny_count <= 2 + 0.01 * len(table["h"])
+            # the same frame and seed measure the same count
+            assert counter.measured_count(row, int(i), **kw) == counter.measured_count(row, int(i), **kw)
+
+
+def test_ideal_counter_evaluates_like_a_model(tiny, capsys):
+    import json
+
+    with dataset.open_dataset(tiny) as ds:
+        codes = dataset.IdealCounter.for_dataset(ds).predict_dataset(ds, np.arange(len(ds)))
+        empty = ds.column("has_crystal") == 0
+        np.testing.assert_array_equal(codes[empty], ds.labels[empty])  # blank and no-crystal are exact
+        assert np.all(codes[~empty] >= 1)
+    assert cli.main(["evaluate", "--ideal-counter", "--data", str(tiny), "--split", "test", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "test" and result["n"] == int(np.sum(ds.split == 2)) and 0 <= result["accuracy"] <= 1
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--ideal-counter", "--model", "x", "--data", str(tiny)])

@@ -160,3 +160,49 @@ def test_store_extracts_once_and_equals_in_memory_extraction(tiny_set, tmp_path,
     np.testing.assert_array_equal(again.features("glcm", distances=(1, 4), angles=(0, 90)), glcm)
     np.testing.assert_array_equal(again.features("lbp", points=24, radius=3)[:, :26],
                                   again.block("lbp")[:, features.lbp_columns(24, 3)])
+
+
+def _ring_frame_with_spots(n_spots, seed=0, shape=(256, 256)):
+    """Noisy 8-bit frame: a wide ring (as water gives) plus ``n_spots`` 3 × 3 spots far from each other."""
+    rng = np.random.default_rng(seed)
+    i, j = np.indices(shape)
+    r = np.hypot(i - shape[0] / 2, j - shape[1] / 2)
+    truth = 60.0 + 50.0 * np.exp(-0.5 * ((r - 70.0) / 15.0) ** 2)
+    centres = [(20 + 27 * (k // 8), 20 + 27 * (k % 8)) for k in range(n_spots)]
+    for ci, cj in centres:
+        truth[ci - 1:ci + 2, cj - 1:cj + 2] += [[15, 30, 15], [30, 60, 30], [15, 30, 15]]
+    return np.clip(np.rint(truth + rng.normal(0.0, 3.0, shape)), 0, 255).astype(np.uint8), centres
+
+
+@pytest.mark.parametrize("n_spots", [0, 1, 17, 40])
+def test_spot_statistics_count_spots_and_not_rings(n_spots):
+    image, centres = _ring_frame_with_spots(n_spots)
+    z, background, noise = features.spot_significance(image, 5)
+    # nine pixels of noise 3 sum to noise 9; the local median shares some of that noise and removes it, and a
+    # simulation of this estimate without spots or ring gives 7.1 (uncorrelated noise left would give 9)
+    assert np.all((noise > 6.3) & (noise < 8.0))
+    peaks = np.argwhere((z == features.max_3x3(z)) & (z >= 10))
+    assert sorted(map(tuple, peaks)) == sorted(centres)
+    counts = np.expm1(features.spot_features(image, 5))
+    names = features.spot_names()
+    assert len(counts) == len(names) == 25
+    assert round(counts[names.index("peaks z≥10")]) == n_spots
+    assert round(counts[names.index("peaks z≥64")]) == 0
+    bands = [round(counts[names.index(f"peaks z≥10 band {b}")]) for b in range(features.SPOT_BANDS)]
+    assert sum(bands) == n_spots
+
+
+def test_spot_statistics_refuse_bad_input():
+    with pytest.raises(ValueError, match="window"):
+        features.spot_features(np.zeros((32, 32), np.uint8), 4)
+    with pytest.raises(ValueError, match="uint8"):
+        features.spot_features(np.zeros((32, 32)), 5)
+
+
+def test_spot_block_holds_every_window():
+    image = _ring_frame_with_spots(9)[0]
+    block = features._block_features(image[None], "spots")
+    assert block.shape == (1, len(features.SPOT_WINDOWS) * 25)
+    for w in features.SPOT_WINDOWS:
+        np.testing.assert_array_equal(block[0, features.spot_columns(w)], features.spot_features(image, w))
+    np.testing.assert_array_equal(features.extract("spots", image[None]), block[:, features.spot_columns(5)])

@@ -26,6 +26,19 @@ def test_every_point_of_the_space_is_a_valid_config():
     assert seen == {f"{c}+{e}" for c in ("RF", "SVM") for e in ("GLCM", "LBP", "SIFT")}
 
 
+def test_the_space_can_hold_the_spot_statistics_alone_or_beside_the_papers():
+    from hyperopt.pyll.stochastic import sample
+
+    rng = np.random.default_rng(1)
+    seen = {tune.config_from_sample(sample(tune.space(("spots",)), rng=rng)).label() for _ in range(60)}
+    assert seen == {"RF+SPOTS", "SVM+SPOTS"}
+    seen = {tune.config_from_sample(sample(tune.space(features.KINDS), rng=rng)).extractor for _ in range(200)}
+    assert seen == set(features.KINDS)
+    for bad in ((), ("glcm", "glcm"), ("hog",)):
+        with pytest.raises(ValueError, match="extractors"):
+            tune.space(bad)
+
+
 def test_glcm_subsets_are_all_non_empty_subsets():
     assert len(tune._subsets(features.GLCM_DISTANCES)) == 2**5 - 1
     assert len(tune._subsets(features.GLCM_ANGLES)) == 2**4 - 1
@@ -47,6 +60,9 @@ def test_interrupted_search_resumes_exactly(tiny_set, tmp_path):
     assert tune.best_config(part) == classic.ClassicConfig.from_dict(resumed["best"]["config"])
     with pytest.raises(ValueError, match="seed"):
         tune.run(tiny_set, part, **(kw | {"seed": 4, "n_trials": 6}))
+    with pytest.raises(ValueError, match="extractors"):
+        tune.run(tiny_set, part, **(kw | {"extractors": ("spots",), "n_trials": 6}))
+    assert resumed["extractors"] == list(features.PAPER_KINDS) and resumed["space"] == "DiffraNet Table 7"
 
 
 def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):

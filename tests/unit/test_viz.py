@@ -150,3 +150,33 @@ def test_label_panel_writes_in_the_top_left_corner():
     viz.label_panel(ax, "(a)")
     (text,) = ax.texts
     assert text.get_text() == "(a)" and text.get_position() == (0.03, 0.97)
+
+
+def test_plot_spot_peaks_circles_each_injected_spot_at_fast_slow():
+    rng = np.random.default_rng(2)
+    image = np.clip(np.rint(80 + rng.normal(0, 3, (96, 96))), 0, 255).astype(np.uint8)
+    for i, j in ((20, 70), (60, 30)):
+        image[i - 1:i + 2, j - 1:j + 2] += np.array([[15, 30, 15], [30, 60, 30], [15, 30, 15]], dtype=np.uint8)
+    ax = viz.plot_spot_peaks(image, level=10.0)
+    centres = sorted(tuple(map(float, p.center)) for p in ax.patches)
+    assert centres == [(30.0, 60.0), (70.0, 20.0)]
+
+
+def test_show_map_puts_slow_down_and_fast_across_like_show_pattern():
+    ax = viz.show_map(spot_image(), colorbar=False)
+    left, right, bottom, top = ax.get_images()[0].get_extent()
+    assert (left, right, top, bottom) == (-0.5, 9.5, -0.5, 5.5)
+    assert ax.figure.axes == [ax]
+
+
+def test_show_map_draws_into_the_given_axes():
+    fig, (a, b) = plt.subplots(1, 2)
+    assert viz.show_map(spot_image(), ax=b) is b
+    assert not a.get_images()
+
+
+def test_show_map_and_show_pattern_name_their_own_argument_when_rejecting_a_stack():
+    with pytest.raises(ValueError, match=r"^values\.shape=\(2, 3, 3\)"):
+        viz.show_map(np.zeros((2, 3, 3)))
+    with pytest.raises(ValueError, match=r"^image\.shape=\(2, 3, 3\)"):
+        viz.show_pattern(np.zeros((2, 3, 3)))
