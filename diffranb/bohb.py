@@ -464,6 +464,44 @@ def best_by_budget(runs: list, k: int = 3) -> dict:
     return out
 
 
+def format_budgets(runs: list, budgets=None, k: int = 3) -> str:
+    """A Markdown table of a search by budget: evaluations, then mean, spread (standard deviation) and maximum
+    of the ``k`` best validation accuracies (:func:`best_by_budget`; DeepFreak's Figure 3 in numbers).
+
+    Parameters
+    ----------
+    runs : list of dict
+        :func:`read_log` or :attr:`BohbResult.runs`.
+    budgets : list of float, epochs, optional
+        Rows (default: every budget in ``runs``); a budget no evaluation succeeded at shows dashes.
+    k : int
+    """
+    best = best_by_budget(runs, k=k)
+    lines = [f"| budget (epochs) | evaluations | best {k}: mean (%) | spread (std, %) | best (%) |",
+             "|---|---|---|---|---|"]
+    for b in sorted(budgets if budgets is not None else {r["budget"] for r in runs}):
+        n = sum(r["budget"] == b for r in runs)
+        s = best.get(b)
+        cells = (f"{100 * s['mean']:.1f} | {100 * s['std']:.1f} | {100 * s['max']:.1f}" if s else "— | — | —")
+        lines.append(f"| {b:g} | {n} | {cells} |")
+    return "\n".join(lines)
+
+
+def describe_config(config: dict) -> str:
+    """One configuration in words, topology numbered as in the paper's Table 8 (1–13)."""
+    t = int(config["topology"])
+    return (f"topology {t + 1} ({TOPOLOGIES[t].describe()}), learning rate {float(config['learning_rate']):.3g}, "
+            f"momentum {float(config['momentum']):.3f}, weight decay {float(config['weight_decay']):.2e}, "
+            f"batch size {int(config['batch_size'])}")
+
+
+def count_outcomes(runs: list) -> dict:
+    """How many evaluations diverged, could not train at the input size, or failed (raised)."""
+    return {"diverged": sum("diverged" in r["info"] for r in runs),
+            "infeasible": sum("infeasible" in r["info"] for r in runs),
+            "failed": sum(r["exception"] is not None for r in runs)}
+
+
 def incumbent(runs: list):
     """The best run at the largest budget any successful run reached (BOHB's incumbent), or None."""
     ok = [r for r in runs if math.isfinite(r["loss"])]

@@ -1223,3 +1223,39 @@ def report(model_dir, data, out_dir, *, bohb_dir=None, command: str = "", wall_s
         plt.close(fig)
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def load_report(out_dir) -> dict | None:
+    """The ``metrics.json`` that :func:`report` wrote into ``out_dir``, or None when there is none."""
+    from .io import load_record
+
+    return load_record(out_dir, ("test", "train_config"), "diffranb.deepfreak.report")
+
+
+def describe_report(record: dict) -> str:
+    """A record of :func:`report` as text: command, version, data set, the search that chose the
+    configuration (if any), the training, then the test metrics next to the paper's."""
+    from . import evaluate
+
+    cfg = record["train_config"] or {}
+    history = record.get("history") or []
+    lines = [f"command: {record['command'] or '(not recorded)'}",
+             f"diffranb {record['diffranb_version']}, data set {record['dataset_sha256'][:16]}…"]
+    search = (record.get("bohb") or {}).get("summary")
+    if search:
+        lines.append(f"chosen by BOHB: {record['bohb']['n_evaluations']} evaluations in "
+                     f"{search['seconds'] / 60:.1f} min, budgets {', '.join(f'{b:g}' for b in search['budgets'])} "
+                     f"epochs, settings {json.dumps(search.get('settings'))}")
+    else:
+        lines.append("configured by hand (no search recorded)")
+    if cfg:
+        from .bohb import describe_config
+
+        lines.append(f"trained: {describe_config(cfg)}; {cfg['epochs']} epochs, binned {cfg['binning']}× by "
+                     f"{cfg.get('bin_mode', 'mean')}, seed {cfg['seed']}")
+    if history:
+        lines.append(f"{len(history)} epochs in {sum(e['seconds'] for e in history) / 60:.1f} min, best epoch "
+                     f"{record['best_epoch']} (validation {100 * max(e['val_accuracy'] for e in history):.2f} %), "
+                     f"peak memory {max(e['max_rss_mib'] for e in history) / 1024:.2f} GiB")
+    lines += ["", evaluate.format_report({"DeepFreak": record["test"]})]
+    return "\n".join(lines)

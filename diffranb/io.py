@@ -1,4 +1,4 @@
-"""Reading and writing: simulator parameter files and images.
+"""Reading and writing: simulator parameter files, images and the result records of the reports.
 
 The parameter files are the JSON cases that describe nanoBragg runs (``shared/reference/nanobragg/*.json``):
 plain physical units, the same field names, so anyone can check the simulator against nanoBragg.
@@ -95,3 +95,26 @@ def save_npy(path, image: np.ndarray) -> Path:
 def default_response() -> DetectorResponse:
     """The detector model ``diffranb simulate`` adds when asked for noise."""
     return DetectorResponse()
+
+
+def load_record(out_dir, keys, producer: str) -> dict | None:
+    """The ``metrics.json`` a report function wrote into ``out_dir``; None when there is none (a committed
+    full-scale record that a chapter shows only if it exists).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+    keys : sequence of str
+        Keys the record must have.
+    producer : str
+        The function that writes such records, named in the error when a key is missing.
+    """
+    path = Path(out_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a record of {producer} (no {', '.join(map(repr, missing))})")
+    return record
+

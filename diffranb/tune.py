@@ -456,15 +456,34 @@ def report(trials, data, out_dir, *, models_dir=None, cache_dir=None, workers: i
         fig.savefig(out_dir / "search.png")
         plt.close(fig)
         if methods:
-            fig, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 4.2), layout="constrained",
-                                     squeeze=False)
-            for ax, (name, m) in zip(axes[0], methods.items()):
-                viz.plot_confusion(m["test"]["confusion"], m["test"]["classes"], ax=ax)
-                shown = name if name == m["label"] else f"{name} ({m['label']})"
-                ax.set_xlabel(f"predicted — {shown}: {100 * m['test']['accuracy']:.2f} %")
+            fig = viz.plot_report_confusions(result)
             fig.savefig(out_dir / "confusion.png")
             plt.close(fig)
     return result
+
+
+def load_report(out_dir) -> dict | None:
+    """The ``metrics.json`` that :func:`report` wrote into ``out_dir``, or None when there is none."""
+    from .io import load_record
+
+    return load_record(out_dir, ("methods", "hyperopt"), "diffranb.tune.report")
+
+
+def describe_report(result: dict) -> str:
+    """A record of :func:`report` as text: the command, version, data set and search time, then every
+    pipeline's test metrics side by side with the paper's (:func:`diffranb.evaluate.format_report`)."""
+    from . import evaluate
+
+    h = result["hyperopt"]
+    failed = f" ({h['failed']} failed or over the time limit)" if h["failed"] else ""
+    lines = [f"command: {result['command'] or '(not recorded)'}",
+             f"diffranb {result['diffranb_version']}, data set {result['dataset_sha256'][:16]}…, "
+             f"{result['n_images']} frames of {' × '.join(str(n) for n in result['shape'])} px",
+             f"{h['trials']} trials{failed} in {h['search_seconds'] / 60:.1f} min after "
+             f"{h['extract_seconds'] / 60:.1f} min of feature extraction; best {h['best_label']}", "",
+             evaluate.format_report({(f"best ({m['label']})" if name == "best" else name): m["test"]
+                                     for name, m in result["methods"].items()})]
+    return "\n".join(lines)
 
 
 def run_bohb(data, out, **kwargs):

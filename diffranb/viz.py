@@ -634,6 +634,29 @@ def plot_search(losses, labels, *, ax: Axes | None = None) -> Axes:
     return ax
 
 
+def plot_report_confusions(result: dict, losses=None, labels=None):
+    """Test confusion matrices of every pipeline in a :func:`diffranb.tune.report` record, one panel each,
+    after a panel of the search (:func:`plot_search`) when its ``losses`` and ``labels`` are given.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    methods = result["methods"]
+    search = losses is not None
+    n = len(methods) + search
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * len(methods) + 6.5 * search, 4.2), layout="constrained",
+                             squeeze=False, gridspec_kw={"width_ratios": [1.5] * search + [1] * len(methods)})
+    axes = list(axes[0])
+    if search:
+        plot_search(losses, labels, ax=axes.pop(0))
+    for ax, (name, m) in zip(axes, methods.items()):
+        plot_confusion(m["test"]["confusion"], m["test"]["classes"], ax=ax)
+        shown = name if name == m["label"] else f"{name} ({m['label']})"
+        ax.set_xlabel(f"predicted — {shown}: {100 * m['test']['accuracy']:.2f} %")
+    return fig
+
+
 def plot_confusion(confusion, classes, *, ax: Axes | None = None, colorbar: bool = False) -> Axes:
     """Confusion matrix as row percentages (each true class sums to 100 %), with the counts written in."""
     c = np.asarray(confusion, dtype=np.float64)

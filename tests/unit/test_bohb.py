@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("hpbandster")
 
-from diffranb import bohb, cli, dataset, tune  # noqa: E402
+from diffranb import bohb, cli, dataset, deepfreak, tune  # noqa: E402
 
 
 class Quadratic:
@@ -90,6 +90,25 @@ def test_a_search_runs_on_loopback_stops_its_nameserver_and_resumes_from_its_log
     assert len(again.runs) == len(second.runs)  # nothing left to do: no nameserver, no evaluation
 
 
+def test_the_search_by_budget_in_numbers_and_words():
+    def run(i, budget, acc, **info):
+        return {"config_id": (0, 0, i), "config": {}, "budget": budget, "loss": 1 - acc if acc == acc else math.inf,
+                "val_accuracy": acc, "info": info, "exception": "boom" if acc != acc else None}
+
+    runs = [run(0, 1.0, 0.5), run(1, 1.0, 0.7), run(2, 1.0, 0.6), run(3, 1.0, 0.1), run(4, 1.0, 0.0, diverged="x"),
+            run(5, 1.0, math.nan), run(1, 3.0, 0.8)]
+    table = bohb.format_budgets(runs, [1.0, 3.0, 9.0]).splitlines()
+    assert table[0].startswith("| budget (epochs) | evaluations | best 3: mean (%)")
+    # budget 1: six evaluations; the best three of the five that succeeded are 0.7, 0.6, 0.5
+    assert table[2] == "| 1 | 6 | 60.0 | 8.2 | 70.0 |"
+    assert table[3] == "| 3 | 1 | 80.0 | 0.0 | 80.0 |" and table[4] == "| 9 | 0 | — | — | — |"
+    assert bohb.count_outcomes(runs) == {"diverged": 1, "infeasible": 0, "failed": 1}
+    words = bohb.describe_config({"topology": 7, "learning_rate": 0.0123, "momentum": 0.9, "weight_decay": 2e-5,
+                                  "batch_size": 2})
+    assert words.startswith("topology 8 (64 filters") and "learning rate 0.0123" in words
+    assert words.endswith("batch size 2")
+
+
 def test_a_raising_objective_is_reported_not_a_hang(tmp_path):
     with pytest.warns(RuntimeWarning, match="failed.*refusing budget"):
         result = bohb.run_bohb(None, tmp_path / "partly", n_iterations=1, objective=Quadratic(fail_from_budget=3),
@@ -145,6 +164,13 @@ def test_tune_bohb_trains_deepfreak_and_train_takes_its_incumbent(tmp_path, caps
     meta = json.loads((model / "model.json").read_text())
     incumbent = json.loads((out / "summary.json").read_text())["incumbent"]
     assert {k: meta["train_config"][k] for k in incumbent} == incumbent
+
+    # the record of the chosen configuration's training names the search that chose it
+    record = deepfreak.report(model, data, tmp_path / "record", bohb_dir=out, command="diffranb train …")
+    assert deepfreak.load_report(tmp_path / "record") == record
+    text = deepfreak.describe_report(record)
+    assert "chosen by BOHB: 4 evaluations" in text and "budgets 1, 3 epochs" in text
+    assert "DeepFreak accuracy" in text and (tmp_path / "record" / "bohb.png").is_file()
 
 
 def test_the_bin_mode_is_a_fixed_setting_of_the_search_not_a_hyperparameter():

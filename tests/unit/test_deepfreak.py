@@ -331,3 +331,10 @@ def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path)
         assert saved["dataset_sha256"] == ds.content_sha256
         assert saved["test"]["n"] == len(ds.indices("test"))
     assert len(saved["history"]) == 2 and saved["wall_seconds"] > 0
+    assert dfk.load_report(tmp_path / "rec") == saved and dfk.load_report(tmp_path / "none") is None
+    text = dfk.describe_report(saved)
+    assert "configured by hand" in text and "2 epochs in" in text and "DeepFreak accuracy" in text
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text('{"test": {}}')
+    with pytest.raises(ValueError, match="not a record"):
+        dfk.load_report(tmp_path / "bad")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from diffranb import classic, dataset, features, tune
+from diffranb import classic, dataset, features, tune, viz
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +93,15 @@ def test_tune_command_searches_then_reports(tiny_set, tmp_path, capsys):
     best = metrics["methods"]["best"]
     assert (tmp_path / "models" / "best" / "model.json").is_file()
     assert 0 <= best["test"]["accuracy"] <= 1 and best["config"] == tune.load_trials(out)["best"]["config"]
+    # what a chapter prints and draws of a committed record
+    assert tune.load_report(report) == metrics and tune.load_report(tmp_path / "none") is None
+    text = tune.describe_report(metrics)
+    assert metrics["command"] in text and metrics["dataset_sha256"][:16] in text and "3 trials" in text
+    assert f"best ({best['label']}) accuracy" in text
+    record = tune.load_trials(out)
+    fig = viz.plot_report_confusions(metrics, tune.losses(record), [t["label"] for t in record["trials"]])
+    assert len(fig.axes) == 1 + len(metrics["methods"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a record"):
+        tune.load_report(tmp_path / "bad")
