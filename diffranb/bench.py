@@ -215,18 +215,23 @@ CLASSIC_BEST = {"extractor": "lbp", "points": 24, "radius": 3, "classifier": "sv
                 "gamma": 2.0 ** -11, "class_weight": "none", "seed": 0}
 
 
-def deepfreak(repeats: int = 40, workers: int = 2) -> dict:
-    """Frames per second of DeepFreak's chosen topology on 512² frames (:func:`diffranb.deepfreak.benchmark`):
-    training binned 4× and at full resolution (batch 16), then inference on 1 and ``workers`` threads at
-    batch 1 and 64. Each figure is timed for at least ``repeats / 8`` seconds after a warm-up call."""
+def deepfreak(repeats: int = 40, workers: int = 2, model=None) -> dict:
+    """Frames per second of DeepFreak on 512² frames (:func:`diffranb.deepfreak.benchmark`), inference on 1
+    and ``workers`` threads at batch 1 and 64. Each figure is timed for at least ``repeats / 8`` seconds
+    after a warm-up call.
+
+    Without ``model``: the paper's chosen topology with random weights, trained binned 4× and at full
+    resolution (batch 16), inference at full resolution. ``model`` is a saved model directory: its topology
+    at its binning, bin mode and training batch size, inference through the model itself."""
     from . import deepfreak as dfk
 
-    return dfk.benchmark(threads=tuple(sorted({1, workers})), min_seconds=repeats / 8)
+    loaded = dfk.load_model(model) if model is not None else None
+    return dfk.benchmark(threads=tuple(sorted({1, workers})), min_seconds=repeats / 8, model=loaded)
 
 
 def run(what: str, *, repeats: int = 40, workers: int = 2, model=None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line."""
-    kw = {"model": model} if what == "classic" else {}
+    kw = {"model": model} if what in ("classic", "deepfreak") else {}
     result = {"sim": sim, "dataset": dataset, "classic": classic,
               "deepfreak": deepfreak}[what](repeats=repeats, workers=workers, **kw)
     for key, value in result.items():

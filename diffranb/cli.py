@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=40, help="images per measurement (default 40)")
     p.add_argument("--workers", type=int, default=2, help="processes for the multi-core figure (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    p.add_argument("--model", help="bench classic: a saved model directory (default: fit the best pipeline)")
+    p.add_argument("--model", help="a saved model directory to time (bench classic: default fit the best pipeline; "
+                                   "bench deepfreak: default the paper's topology with random weights, unbinned)")
     p.set_defaults(func=_bench)
     _add_dataset_commands(sub)
     _add_classic_commands(sub)

@@ -1110,26 +1110,39 @@ def _train_rate(top, n_classes, size, batch, rng, min_seconds) -> float:
 
 
 def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), batch_sizes=(1, 64),
-              train_binnings=(4, 1), train_batch: int = 16, min_seconds: float = 5.0) -> dict:
+              train_binnings=(4, 1), train_batch: int = 16, min_seconds: float = 5.0,
+              model: DeepFreakModel | None = None) -> dict:
     """Frames per second of a DeepFreak network on ``pixels``² frames (random weights and frames).
 
     Training first: one SGD step (forward, backward, update) on batches of ``train_batch`` at each binning,
     on all threads, with the process's peak resident memory after each. Then inference: for each thread
     count and batch size, the whole path from 8-bit frames (binning and mean subtraction included) to label
-    codes, at full resolution.
+    codes.
+
+    Without ``model``: topology ``top`` with random weights, inference at full resolution (binning 1). With a
+    trained ``model`` (:func:`load_model`): its own topology, binning and bin mode, its training batch size,
+    and inference through the model itself, as it would sort a beamline's frames (``pixels`` must then be
+    the frame size it was trained on).
 
     Returns
     -------
     dict
         ``train_images_per_s_bin{k}``, ``max_rss_mib_after_train_bin{k}``, ``infer_frames_per_s_{t}thread_batch{b}``,
-        ``max_rss_mib`` and what was measured (topology, pixels, torch version, cores).
+        ``max_rss_mib`` and what was measured (topology, pixels, binning, torch version, cores).
     """
     import torch
 
     rng = np.random.default_rng(0)
     classes = ("blank", "no-crystal", "weak", "good", "strong")
+    if model is not None:
+        config = model.info.get("train_config") or {}
+        top, classes = int(config["topology"]), model.classes
+        train_binnings, train_batch = (model.binning,), int(config.get("batch_size", train_batch))
+        pixels = model.mean.shape[0] * model.binning
     out = {"topology": top + 1, "topology_description": topology(top).describe(), "pixels": pixels,
            "train_batch": train_batch, "cores": os.cpu_count(), "torch": torch.__version__}
+    if model is not None:
+        out.update(model="trained", binning=model.binning, bin_mode=model.bin_mode)
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(max(threads))
@@ -1137,8 +1150,9 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
             out[f"train_images_per_s_bin{k}"] = _train_rate(top, len(classes), pixels // k, train_batch, rng,
                                                             min_seconds)
             out[f"max_rss_mib_after_train_bin{k}"] = _max_rss_mib()
-        net = build_network(top, len(classes), (pixels, pixels))
-        model = DeepFreakModel(net, classes, 1, np.zeros((pixels, pixels), np.float32))
+        if model is None:
+            net = build_network(top, len(classes), (pixels, pixels))
+            model = DeepFreakModel(net, classes, 1, np.zeros((pixels, pixels), np.float32))
         for t in threads:
             torch.set_num_threads(t)
             for b in batch_sizes:

@@ -338,3 +338,20 @@ def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path)
     (tmp_path / "bad" / "metrics.json").write_text('{"test": {}}')
     with pytest.raises(ValueError, match="not a record"):
         dfk.load_report(tmp_path / "bad")
+
+
+def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, capsys):
+    from diffranb import bench
+
+    model = dfk.load_model(max_trained)
+    figures = dfk.benchmark(threads=(1,), batch_sizes=(1, 4), min_seconds=0.01, model=model)
+    assert figures["model"] == "trained" and figures["binning"] == 2 and figures["bin_mode"] == "max"
+    assert figures["pixels"] == 64 and figures["topology"] == model.info["train_config"]["topology"] + 1
+    assert figures["train_batch"] == model.info["train_config"]["batch_size"]
+    assert set(k for k in figures if k.startswith("train_images_per_s")) == {"train_images_per_s_bin2"}
+    assert all(figures[f"infer_frames_per_s_1thread_batch{b}"] > 0 for b in (1, 4))
+    # the command line's path, and a random network at full resolution when no model is given
+    printed = bench.run("deepfreak", repeats=1, workers=1, model=str(max_trained))
+    assert "bin_mode" in capsys.readouterr().out and printed["model"] == "trained"
+    random = dfk.benchmark(8, 64, threads=(1,), batch_sizes=(2,), train_binnings=(2,), min_seconds=0.01)
+    assert "model" not in random and random["infer_frames_per_s_1thread_batch2"] > 0
