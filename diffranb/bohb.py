@@ -516,7 +516,7 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
              max_val: int | None = None, seed: int = 0, threads: int | None = None, space: dict | None = None,
              timeout: float | None = None, resume: bool = True, objective=None, run_id: str = "deepfreak",
              host: str = "127.0.0.1", port: int = 0, min_n_workers: int | None = None, keep_checkpoints: bool = False,
-             verbose: bool = True) -> BohbResult:
+             command: str = "", verbose: bool = True) -> BohbResult:
     """Search DeepFreak's topology and hyperparameters with BOHB (hpbandster), start to finish.
 
     Parameters
@@ -525,7 +525,10 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
         The data set (training split to train, validation split to score).
     out : str or os.PathLike
         Directory of the search: hpbandster's log (``configs.json``, ``results.json``), the evaluations'
-        checkpoints (``evals/``, removed at the end unless ``keep_checkpoints``), ``summary.json``.
+        checkpoints (``evals/``, removed at the end unless ``keep_checkpoints``), ``summary.json`` (the
+        incumbent, failures, this call's wall time and that of every call on this log, the span of the
+        evaluations' time stamps, the objective's settings and the search's arguments: command, space,
+        iterations, budgets, workers, timeout).
     n_iterations : int
         Hyperband iterations (brackets) in all, resumed ones included.
     min_budget, max_budget : float, epochs
@@ -552,6 +555,8 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
     min_n_workers : int, optional
         Workers to wait for before starting (default ``max(n_workers, 1)``).
     keep_checkpoints : bool
+    command : str
+        The command line that started the search, recorded in ``summary.json``.
     verbose : bool
         Print the nameserver's address and one line per finished evaluation.
 
@@ -580,6 +585,13 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
             if (out / name).exists():
                 os.replace(out / name, aside / name)
     previous_runs = read_log(out)
+    earlier_seconds = 0.0  # of the calls that wrote the log so far (a resumed search adds up)
+    if previous_runs and (out / "summary.json").exists():
+        earlier = json.loads((out / "summary.json").read_text())
+        earlier_seconds = earlier.get("seconds_all_calls", earlier["seconds"])
+    search = {"command": command, "space": {**SEARCH_SPACE, **(space or {})},
+              "n_iterations": n_iterations, "min_budget": min_budget, "max_budget": max_budget, "eta": eta,
+              "n_workers": n_workers, "timeout": timeout}
     done = completed_iterations(previous_runs, max_budget)
     offset = 1 + max((r["config_id"][0] for r in previous_runs), default=-1)
     remaining = max(0, n_iterations - done)
@@ -637,7 +649,8 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
     runs = read_log(out)
     if not keep_checkpoints and stopped is None:
         shutil.rmtree(out / "evals", ignore_errors=True)
-    return _summarise(runs, steps, stopped, time.perf_counter() - t0, ns_address, out, objective, verbose)
+    return _summarise(runs, steps, stopped, time.perf_counter() - t0, ns_address, out, objective, verbose,
+                      search=search, earlier_seconds=earlier_seconds)
 
 
 class _Echo:
@@ -685,7 +698,15 @@ class _Watchdog(threading.Thread):
         self.join()
 
 
-def _summarise(runs, steps, stopped, seconds, nameserver, out, objective, verbose) -> BohbResult:
+def _span(runs) -> float | None:
+    """Seconds from the first evaluation's start to the last one's end, from the log's time stamps."""
+    started = [r["started"] for r in runs if r["started"] is not None]
+    finished = [r["finished"] for r in runs if r["finished"] is not None]
+    return float(max(finished) - min(started)) if started and finished else None
+
+
+def _summarise(runs, steps, stopped, seconds, nameserver, out, objective, verbose, *, search=None,
+               earlier_seconds: float = 0.0) -> BohbResult:
     settings = objective.settings() if hasattr(objective, "settings") else None
     failures = []
     for r in runs:
@@ -702,7 +723,8 @@ def _summarise(runs, steps, stopped, seconds, nameserver, out, objective, verbos
                         failures=failures, stopped=stopped, seconds=seconds, nameserver=nameserver, out=out)
     summary = {"incumbent": result.incumbent, "incumbent_val_accuracy": result.incumbent_val_accuracy,
                "budgets": steps, "n_runs": len(runs), "failures": failures, "stopped": stopped,
-               "seconds": seconds, "settings": settings}
+               "seconds": seconds, "seconds_all_calls": earlier_seconds + seconds,
+               "evaluation_span_seconds": _span(runs), "settings": settings, "search": search}
     (out / "summary.json").write_text(json.dumps(_plain(summary), indent=1))
     failed = (f"{len(failures)} of {len(runs)} BOHB evaluations failed; first: {failures[0]['error']}"
               if failures else "")

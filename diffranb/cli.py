@@ -401,7 +401,8 @@ def _tune_bohb(args) -> int:
                            max_budget=args.max_budget, eta=args.eta, n_workers=args.workers, binning=args.binning,
                            bin_mode=args.bin_mode, max_train=args.max_train, max_val=args.max_val, seed=args.seed,
                            threads=args.threads, space=space, timeout=args.timeout, resume=not args.no_resume,
-                           run_id=args.run_id, host=args.host, port=args.port, keep_checkpoints=args.keep_checkpoints)
+                           run_id=args.run_id, host=args.host, port=args.port, keep_checkpoints=args.keep_checkpoints,
+                           command=args.command_line)
     print(f"{len(result.runs)} evaluations in {args.out}, {len(result.failures)} failed, "
           f"{result.seconds:.0f} s{f', stopped: {result.stopped}' if result.stopped else ''}")
     return 0 if result.incumbent is not None else 1

@@ -1257,9 +1257,14 @@ def describe_report(record: dict) -> str:
              f"diffranb {record['diffranb_version']}, data set {record['dataset_sha256'][:16]}…"]
     search = (record.get("bohb") or {}).get("summary")
     if search:
-        lines.append(f"chosen by BOHB: {record['bohb']['n_evaluations']} evaluations in "
-                     f"{search['seconds'] / 60:.1f} min, budgets {', '.join(f'{b:g}' for b in search['budgets'])} "
-                     f"epochs, settings {json.dumps(search.get('settings'))}")
+        seconds = search.get("seconds_all_calls", search["seconds"])
+        lines.append(f"chosen by BOHB: {record['bohb']['n_evaluations']} evaluations in {seconds / 60:.1f} min, "
+                     f"budgets {', '.join(f'{b:g}' for b in search['budgets'])} epochs, settings "
+                     f"{json.dumps(search.get('settings'))}")
+        space = (search.get("search") or {}).get("space")
+        if space and len(space["topology"]) < len(TOPOLOGIES):
+            lines.append(f"  over topologies {', '.join(str(t + 1) for t in space['topology'])} of "
+                         f"{len(TOPOLOGIES)}: {search['search']['command']}")
     else:
         lines.append("configured by hand (no search recorded)")
     if cfg:

@@ -85,9 +85,15 @@ def test_a_search_runs_on_loopback_stops_its_nameserver_and_resumes_from_its_log
     assert second.incumbent_val_accuracy >= first.incumbent_val_accuracy
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_runs"] == len(second.runs)
+    assert summary["search"]["n_iterations"] == 2 and summary["search"]["n_workers"] == 2
+    assert summary["search"]["space"]["learning_rate"] == [1e-4, 10.0]
+    assert summary["seconds_all_calls"] == pytest.approx(first.seconds + second.seconds, rel=1e-6)
+    assert 0 < summary["evaluation_span_seconds"] < summary["seconds_all_calls"]
 
     again = bohb.run_bohb(None, out, n_iterations=2, objective=Quadratic(), **SMALL)
     assert len(again.runs) == len(second.runs)  # nothing left to do: no nameserver, no evaluation
+    assert json.loads((out / "summary.json").read_text())["seconds_all_calls"] == pytest.approx(
+        first.seconds + second.seconds + again.seconds, rel=1e-6)
 
 
 def test_the_search_by_budget_in_numbers_and_words():
@@ -157,6 +163,8 @@ def test_tune_bohb_trains_deepfreak_and_train_takes_its_incumbent(tmp_path, caps
         assert promoted["info"]["epochs_computed"] == 2  # continued from its 1-epoch checkpoint
     assert len(list((out / "evals").iterdir())) == 3
     assert "4 evaluations" in capsys.readouterr().out
+    search = json.loads((out / "summary.json").read_text())["search"]
+    assert search["command"].startswith("diffranb tune bohb") and search["space"]["topology"] == [8, 9, 12]
 
     model = tmp_path / "model"
     assert cli.main(["train", "deepfreak", "--data", str(data), "--out", str(model), "--bohb", str(out),
