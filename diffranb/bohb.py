@@ -526,9 +526,10 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
     out : str or os.PathLike
         Directory of the search: hpbandster's log (``configs.json``, ``results.json``), the evaluations'
         checkpoints (``evals/``, removed at the end unless ``keep_checkpoints``), ``summary.json`` (the
-        incumbent, failures, this call's wall time and that of every call on this log, the span of the
-        evaluations' time stamps, the objective's settings and the search's arguments: command, space,
-        iterations, budgets, workers, timeout).
+        incumbent, failures, this call's wall time and that of every call that finished on this log, the
+        span of the evaluations' time stamps, the objective's settings and the arguments of the last call
+        that ran evaluations: command, space, iterations, budgets, workers, timeout). With ``resume=False``
+        the log and the summary are moved aside together.
     n_iterations : int
         Hyperband iterations (brackets) in all, resumed ones included.
     min_budget, max_budget : float, epochs
@@ -581,14 +582,16 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
     if not resume and any((out / name).exists() for name in LOG_FILES):
         aside = out / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
         aside.mkdir()
-        for name in LOG_FILES:
+        for name in (*LOG_FILES, "summary.json"):
             if (out / name).exists():
                 os.replace(out / name, aside / name)
     previous_runs = read_log(out)
-    earlier_seconds = 0.0  # of the calls that wrote the log so far (a resumed search adds up)
-    if previous_runs and (out / "summary.json").exists():
-        earlier = json.loads((out / "summary.json").read_text())
-        earlier_seconds = earlier.get("seconds_all_calls", earlier["seconds"])
+    earlier = json.loads((out / "summary.json").read_text()) if previous_runs and (out / "summary.json").exists() \
+        else {}
+    # wall time of the calls that finished on this log so far (a resumed search adds up); a summary written
+    # before this was recorded holds only its own call's, so the log's time stamps bound it from below
+    earlier_seconds = earlier.get("seconds_all_calls", max(earlier.get("seconds", 0.0),
+                                                           evaluation_span(previous_runs) or 0.0))
     search = {"command": command, "space": {**SEARCH_SPACE, **(space or {})},
               "n_iterations": n_iterations, "min_budget": min_budget, "max_budget": max_budget, "eta": eta,
               "n_workers": n_workers, "timeout": timeout}
@@ -599,6 +602,8 @@ def run_bohb(data, out, *, n_iterations: int = 4, min_budget: float = 1, max_bud
     np.random.seed(seed + offset)  # BOHB's model-based sampling draws from NumPy's global generator
     stopped = None
     ns_address = (host, port)
+    if remaining == 0 and earlier.get("search"):
+        search = earlier["search"]  # nothing runs: the arguments of the search that ran stay on record
     if remaining > 0:
         if verbose and previous_runs:
             print(f"resuming: {len(previous_runs)} evaluations in the log, {done} of {n_iterations} iterations "
@@ -698,7 +703,7 @@ class _Watchdog(threading.Thread):
         self.join()
 
 
-def _span(runs) -> float | None:
+def evaluation_span(runs) -> float | None:
     """Seconds from the first evaluation's start to the last one's end, from the log's time stamps."""
     started = [r["started"] for r in runs if r["started"] is not None]
     finished = [r["finished"] for r in runs if r["finished"] is not None]
@@ -724,7 +729,7 @@ def _summarise(runs, steps, stopped, seconds, nameserver, out, objective, verbos
     summary = {"incumbent": result.incumbent, "incumbent_val_accuracy": result.incumbent_val_accuracy,
                "budgets": steps, "n_runs": len(runs), "failures": failures, "stopped": stopped,
                "seconds": seconds, "seconds_all_calls": earlier_seconds + seconds,
-               "evaluation_span_seconds": _span(runs), "settings": settings, "search": search}
+               "evaluation_span_seconds": evaluation_span(runs), "settings": settings, "search": search}
     (out / "summary.json").write_text(json.dumps(_plain(summary), indent=1))
     failed = (f"{len(failures)} of {len(runs)} BOHB evaluations failed; first: {failures[0]['error']}"
               if failures else "")

@@ -321,7 +321,8 @@ def _add_deepfreak_commands() -> None:
     p.add_argument("--eta", type=float, default=3, help="successive halving factor (default 3)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
     _bohb_objective_flags(p)
-    p.add_argument("--topologies", help="search only these topologies, e.g. 7,8,12 (default all 13)")
+    p.add_argument("--topologies", help="search only these topologies, as indices 0–12 into deepfreak.TOPOLOGIES "
+                                        "(the paper's numbers minus 1), e.g. 7,8,12 (default all 13)")
     p.add_argument("--timeout", type=float, help="stop the whole search after this many seconds")
     p.add_argument("--no-resume", action="store_true", help="move an existing log aside and start afresh")
     p.add_argument("--run-id", default="deepfreak", help="hpbandster run id (default deepfreak)")

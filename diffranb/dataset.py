@@ -155,11 +155,13 @@ class CrystalForm:
 #: Primitive crystal forms of proteins used in serial crystallography, with their published room-temperature
 #: or cryo cells rounded to 0.1 Å. Only primitive lattices: the simulator puts a Wilson-random F on every
 #: (h, k, l), which is right for P lattices up to the few screw-axis absences, and would double the spots
-#: of a centred one.
+#: of a centred one. Sources: lysozyme, PDB 193L; thaumatin, Diamond I04 test data (xia2: 57.78, 57.78,
+#: 150.00 Å); thermolysin, LCLS SFX (Hattne et al. 2014); sperm-whale myoglobin, PDB 1MBO, whose a, b, c are up
+#: to 0.8 % longer; PYP, BioCARS Laue data (c = 40.95 Å); bovine trypsin, not yet checked against a source.
 CRYSTAL_FORMS = (
-    CrystalForm("lysozyme", "P4₃2₁2", (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)),  # PDB 193L
+    CrystalForm("lysozyme", "P4₃2₁2", (79.1, 79.1, 37.9, 90.0, 90.0, 90.0)),
     CrystalForm("thaumatin", "P4₁2₁2", (57.8, 57.8, 150.0, 90.0, 90.0, 90.0)),
-    CrystalForm("thermolysin", "P6₁22", (93.2, 93.2, 130.7, 90.0, 90.0, 120.0)),  # LCLS SFX (Hattne 2014)
+    CrystalForm("thermolysin", "P6₁22", (93.2, 93.2, 130.7, 90.0, 90.0, 120.0)),
     CrystalForm("myoglobin", "P2₁", (64.1, 30.8, 34.8, 90.0, 105.8, 90.0)),
     CrystalForm("photoactive yellow protein", "P6₃", (66.9, 66.9, 40.8, 90.0, 90.0, 120.0)),
     CrystalForm("trypsin", "P2₁2₁2₁", (54.9, 58.4, 67.4, 90.0, 90.0, 90.0)),

@@ -1120,9 +1120,10 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
     codes.
 
     Without ``model``: topology ``top`` with random weights, inference at full resolution (binning 1). With a
-    trained ``model`` (:func:`load_model`): its own topology, binning and bin mode, its training batch size,
-    and inference through the model itself, as it would sort a beamline's frames (``pixels`` must then be
-    the frame size it was trained on).
+    trained ``model`` (:func:`load_model`): its own topology, binning and bin mode, its training batch size
+    (16 if it has no training record), and inference through the model itself with its weights, as it would
+    sort a beamline's frames; ``top``, ``pixels``, ``train_binnings`` and ``train_batch`` are then ignored
+    (the frames are the size it was trained on).
 
     Returns
     -------
@@ -1135,9 +1136,12 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
     rng = np.random.default_rng(0)
     classes = ("blank", "no-crystal", "weak", "good", "strong")
     if model is not None:
-        config = model.info.get("train_config") or {}
-        top, classes = int(config["topology"]), model.classes
-        train_binnings, train_batch = (model.binning,), int(config.get("batch_size", train_batch))
+        if model.network.topology not in TOPOLOGIES:
+            raise ValueError(f"the model's topology ({model.network.topology.describe()}) is none of the 13 "
+                             "of deepfreak.TOPOLOGIES")
+        top, classes = TOPOLOGIES.index(model.network.topology), model.classes
+        train_binnings = (model.binning,)
+        train_batch = int((model.info.get("train_config") or {}).get("batch_size", 16))
         pixels = model.mean.shape[0] * model.binning
     out = {"topology": top + 1, "topology_description": topology(top).describe(), "pixels": pixels,
            "train_batch": train_batch, "cores": os.cpu_count(), "torch": torch.__version__}
@@ -1230,7 +1234,7 @@ def report(model_dir, data, out_dir, *, bohb_dir=None, command: str = "", wall_s
         summary_file = Path(bohb_dir) / "summary.json"
         record["bohb"] = {"summary": json.loads(summary_file.read_text()) if summary_file.exists() else None,
                           "best3_by_budget": {str(k): v for k, v in bohb.best_by_budget(runs).items()},
-                          "n_evaluations": len(runs)}
+                          "n_evaluations": len(runs), "evaluation_span_seconds": bohb.evaluation_span(runs)}
         fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
         viz.plot_bohb(runs, ax=ax)
         fig.savefig(out_dir / "bohb.png", dpi=120)
@@ -1255,16 +1259,19 @@ def describe_report(record: dict) -> str:
     history = record.get("history") or []
     lines = [f"command: {record['command'] or '(not recorded)'}",
              f"diffranb {record['diffranb_version']}, data set {record['dataset_sha256'][:16]}…"]
-    search = (record.get("bohb") or {}).get("summary")
-    if search:
-        seconds = search.get("seconds_all_calls", search["seconds"])
-        lines.append(f"chosen by BOHB: {record['bohb']['n_evaluations']} evaluations in {seconds / 60:.1f} min, "
-                     f"budgets {', '.join(f'{b:g}' for b in search['budgets'])} epochs, settings "
-                     f"{json.dumps(search.get('settings'))}")
+    if record.get("bohb"):
+        search = record["bohb"].get("summary") or {}
+        seconds = search.get("seconds_all_calls", record["bohb"].get("evaluation_span_seconds"))
+        took = f" in {seconds / 60:.1f} min" if seconds is not None else " (time not recorded)"
+        budgets = ", ".join(f"{b:g}" for b in search.get("budgets", []))
+        lines.append(f"chosen by BOHB: {record['bohb']['n_evaluations']} evaluations{took}"
+                     + (f", budgets {budgets} epochs" if budgets else "")
+                     + (f", settings {json.dumps(search['settings'])}" if search.get("settings") else ""))
         space = (search.get("search") or {}).get("space")
         if space and len(space["topology"]) < len(TOPOLOGIES):
             lines.append(f"  over topologies {', '.join(str(t + 1) for t in space['topology'])} of "
-                         f"{len(TOPOLOGIES)}: {search['search']['command']}")
+                         f"{len(TOPOLOGIES)} (the paper's numbers; the command counts from 0): "
+                         f"{search['search']['command']}")
     else:
         lines.append("configured by hand (no search recorded)")
     if cfg:
@@ -1273,8 +1280,9 @@ def describe_report(record: dict) -> str:
         lines.append(f"trained: {describe_config(cfg)}; {cfg['epochs']} epochs, binned {cfg['binning']}× by "
                      f"{cfg.get('bin_mode', 'mean')}, seed {cfg['seed']}")
     if history:
+        best = max(history, key=lambda e: e["val_accuracy"])
         lines.append(f"{len(history)} epochs in {sum(e['seconds'] for e in history) / 60:.1f} min, best epoch "
-                     f"{record['best_epoch']} (validation {100 * max(e['val_accuracy'] for e in history):.2f} %), "
+                     f"{record.get('best_epoch') or best['epoch']} (validation {100 * best['val_accuracy']:.2f} %), "
                      f"peak memory {max(e['max_rss_mib'] for e in history) / 1024:.2f} GiB")
     lines += ["", evaluate.format_report({"DeepFreak": record["test"]})]
     return "\n".join(lines)

@@ -117,4 +117,3 @@ def load_record(out_dir, keys, producer: str) -> dict | None:
     if missing:
         raise ValueError(f"{str(path)!r} is not a record of {producer} (no {', '.join(map(repr, missing))})")
     return record
-

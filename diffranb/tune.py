@@ -480,7 +480,8 @@ def describe_report(result: dict) -> str:
              f"diffranb {result['diffranb_version']}, data set {result['dataset_sha256'][:16]}…, "
              f"{result['n_images']} frames of {' × '.join(str(n) for n in result['shape'])} px",
              f"{h['trials']} trials{failed} in {h['search_seconds'] / 60:.1f} min after "
-             f"{h['extract_seconds'] / 60:.1f} min of feature extraction; best {h['best_label']}", "",
+             f"{h['extract_seconds'] / 60:.1f} min of feature extraction; best {h['best_label'] or '(none succeeded)'}",
+             "",
              evaluate.format_report({(f"best ({m['label']})" if name == "best" else name): m["test"]
                                      for name, m in result["methods"].items()})]
     return "\n".join(lines)

@@ -634,15 +634,19 @@ def plot_search(losses, labels, *, ax: Axes | None = None) -> Axes:
     return ax
 
 
-def plot_report_confusions(result: dict, losses=None, labels=None):
+def plot_report_confusions(result: dict, *, losses=None, labels=None):
     """Test confusion matrices of every pipeline in a :func:`diffranb.tune.report` record, one panel each,
     after a panel of the search (:func:`plot_search`) when its ``losses`` and ``labels`` are given.
+
+    A figure of its own (one panel per pipeline), so it takes no ``ax``.
 
     Returns
     -------
     matplotlib Figure
     """
     methods = result["methods"]
+    if (losses is None) != (labels is None):
+        raise ValueError("losses and labels: give both (a panel of the search) or neither")
     search = losses is not None
     n = len(methods) + search
     fig, axes = plt.subplots(1, n, figsize=(4.6 * len(methods) + 6.5 * search, 4.2), layout="constrained",

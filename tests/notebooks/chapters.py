@@ -205,6 +205,7 @@ def small_parameters(name: str, data_dir: Path, full_results: Path | None = None
                                   FULL_RESULTS=str(full_results / "classic") if full_results else none,
                                   SPOT_RESULTS=str(full_results / "classic-spots") if full_results else none),
         "05_deepfreak": dict(N_IMAGES=60, PIXELS=128, BINNING=2, MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, **data,
-                             FULL_RESULTS=str(full_results / "deepfreak") if full_results else none),
+                             FULL_RESULTS=str(full_results / "deepfreak") if full_results else none,
+                             HAND_RESULTS=str(full_results / "deepfreak-hand") if full_results else none),
     }
     return table[name]

@@ -74,7 +74,7 @@ def test_a_search_runs_on_loopback_stops_its_nameserver_and_resumes_from_its_log
     assert first.incumbent is not None and not first.failures
     log = {name: (out / name).read_text() for name in bohb.LOG_FILES}
 
-    second = bohb.run_bohb(None, out, n_iterations=2, objective=Quadratic(), n_workers=2, **SMALL)
+    second = bohb.run_bohb(None, out, n_iterations=2, objective=Quadratic(), n_workers=2, command="second", **SMALL)
     assert port_is_closed(*second.nameserver)
     for name in bohb.LOG_FILES:  # the first search's lines are kept, the new ones appended
         assert (out / name).read_text().startswith(log[name])
@@ -92,8 +92,14 @@ def test_a_search_runs_on_loopback_stops_its_nameserver_and_resumes_from_its_log
 
     again = bohb.run_bohb(None, out, n_iterations=2, objective=Quadratic(), **SMALL)
     assert len(again.runs) == len(second.runs)  # nothing left to do: no nameserver, no evaluation
-    assert json.loads((out / "summary.json").read_text())["seconds_all_calls"] == pytest.approx(
-        first.seconds + second.seconds + again.seconds, rel=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seconds_all_calls"] == pytest.approx(first.seconds + second.seconds + again.seconds, rel=1e-6)
+    assert summary["search"]["command"] == "second"  # a call that ran nothing keeps the arguments on record
+
+    fresh = bohb.run_bohb(None, out, n_iterations=1, objective=Quadratic(), resume=False, **SMALL)
+    (aside,) = out.glob("previous-*")
+    assert {p.name for p in aside.iterdir()} == {*bohb.LOG_FILES, "summary.json"}
+    assert json.loads((out / "summary.json").read_text())["seconds_all_calls"] == pytest.approx(fresh.seconds)
 
 
 def test_the_search_by_budget_in_numbers_and_words():

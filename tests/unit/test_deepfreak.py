@@ -334,6 +334,12 @@ def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path)
     assert dfk.load_report(tmp_path / "rec") == saved and dfk.load_report(tmp_path / "none") is None
     text = dfk.describe_report(saved)
     assert "configured by hand" in text and "2 epochs in" in text and "DeepFreak accuracy" in text
+    # a search summary written before the total time was recorded, or none at all
+    older = {**saved, "bohb": {"summary": {"seconds": 0.01, "budgets": [1.0, 3.0]}, "n_evaluations": 4,
+                               "evaluation_span_seconds": 120.0}}
+    assert "chosen by BOHB: 4 evaluations in 2.0 min, budgets 1, 3 epochs" in dfk.describe_report(older)
+    bare = {**saved, "bohb": {"summary": None, "n_evaluations": 4}}
+    assert "chosen by BOHB: 4 evaluations (time not recorded)" in dfk.describe_report(bare)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.json").write_text('{"test": {}}')
     with pytest.raises(ValueError, match="not a record"):
@@ -346,8 +352,8 @@ def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, cap
     model = dfk.load_model(max_trained)
     figures = dfk.benchmark(threads=(1,), batch_sizes=(1, 4), min_seconds=0.01, model=model)
     assert figures["model"] == "trained" and figures["binning"] == 2 and figures["bin_mode"] == "max"
-    assert figures["pixels"] == 64 and figures["topology"] == model.info["train_config"]["topology"] + 1
-    assert figures["train_batch"] == model.info["train_config"]["batch_size"]
+    assert figures["pixels"] == 64 and figures["topology"] == 10  # trained with --topology 9, counted from 0
+    assert figures["train_batch"] == 8
     assert set(k for k in figures if k.startswith("train_images_per_s")) == {"train_images_per_s_bin2"}
     assert all(figures[f"infer_frames_per_s_1thread_batch{b}"] > 0 for b in (1, 4))
     # the command line's path, and a random network at full resolution when no model is given
@@ -355,3 +361,10 @@ def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, cap
     assert "bin_mode" in capsys.readouterr().out and printed["model"] == "trained"
     random = dfk.benchmark(8, 64, threads=(1,), batch_sizes=(2,), train_binnings=(2,), min_seconds=0.01)
     assert "model" not in random and random["infer_frames_per_s_1thread_batch2"] > 0
+    # a model without its training record still runs (batch 16); one of no known topology is refused
+    del model.info["train_config"]
+    figures = dfk.benchmark(threads=(1,), batch_sizes=(1,), min_seconds=0.01, model=model)
+    assert figures["topology"] == 10 and figures["train_batch"] == 16
+    model.network.topology = dataclasses.replace(dfk.TOPOLOGIES[0], filters=4)
+    with pytest.raises(ValueError, match="none of the 13"):
+        dfk.benchmark(threads=(1,), min_seconds=0.01, model=model)

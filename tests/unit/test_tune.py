@@ -99,7 +99,9 @@ def test_tune_command_searches_then_reports(tiny_set, tmp_path, capsys):
     assert metrics["command"] in text and metrics["dataset_sha256"][:16] in text and "3 trials" in text
     assert f"best ({best['label']}) accuracy" in text
     record = tune.load_trials(out)
-    fig = viz.plot_report_confusions(metrics, tune.losses(record), [t["label"] for t in record["trials"]])
+    fig = viz.plot_report_confusions(metrics, losses=tune.losses(record), labels=[t["label"] for t in record["trials"]])
+    with pytest.raises(ValueError, match="both"):
+        viz.plot_report_confusions(metrics, losses=tune.losses(record))
     assert len(fig.axes) == 1 + len(metrics["methods"])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.json").write_text("{}")
