@@ -424,6 +424,9 @@ class BohbResult:
         Why the search stopped early: ``"timeout"``, ``"workers died"``, or None.
     seconds : float
         Wall time of this call.
+    seconds_all_calls : float
+        Wall time of every call that finished on this search's log, this one included (a resumed search
+        adds up; a call that found nothing left to do adds almost nothing).
     nameserver : (str, int)
     out : pathlib.Path
     """
@@ -435,6 +438,7 @@ class BohbResult:
     failures: list
     stopped: str | None
     seconds: float
+    seconds_all_calls: float
     nameserver: tuple
     out: Path
 
@@ -725,10 +729,11 @@ def _summarise(runs, steps, stopped, seconds, nameserver, out, objective, verbos
     best = incumbent(runs)
     result = BohbResult(runs=runs, incumbent=best["config"] if best else None,
                         incumbent_val_accuracy=best["val_accuracy"] if best else math.nan, budgets=steps,
-                        failures=failures, stopped=stopped, seconds=seconds, nameserver=nameserver, out=out)
+                        failures=failures, stopped=stopped, seconds=seconds,
+                        seconds_all_calls=earlier_seconds + seconds, nameserver=nameserver, out=out)
     summary = {"incumbent": result.incumbent, "incumbent_val_accuracy": result.incumbent_val_accuracy,
                "budgets": steps, "n_runs": len(runs), "failures": failures, "stopped": stopped,
-               "seconds": seconds, "seconds_all_calls": earlier_seconds + seconds,
+               "seconds": seconds, "seconds_all_calls": result.seconds_all_calls,
                "evaluation_span_seconds": evaluation_span(runs), "settings": settings, "search": search}
     (out / "summary.json").write_text(json.dumps(_plain(summary), indent=1))
     failed = (f"{len(failures)} of {len(runs)} BOHB evaluations failed; first: {failures[0]['error']}"

@@ -94,6 +94,7 @@ def test_a_search_runs_on_loopback_stops_its_nameserver_and_resumes_from_its_log
     assert len(again.runs) == len(second.runs)  # nothing left to do: no nameserver, no evaluation
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seconds_all_calls"] == pytest.approx(first.seconds + second.seconds + again.seconds, rel=1e-6)
+    assert again.seconds_all_calls == summary["seconds_all_calls"] and again.seconds < 0.1 * again.seconds_all_calls
     assert summary["search"]["command"] == "second"  # a call that ran nothing keeps the arguments on record
 
     fresh = bohb.run_bohb(None, out, n_iterations=1, objective=Quadratic(), resume=False, **SMALL)
