@@ -634,6 +634,26 @@ def plot_search(losses, labels, *, ax: Axes | None = None) -> Axes:
     return ax
 
 
+def plot_training_record(record: dict, *, runs=None):
+    """A DeepFreak record (:func:`diffranb.deepfreak.report`) in one figure: learning curves
+    (:func:`plot_learning_curves`), the test confusion matrix and, when the search's ``runs`` are given
+    (:func:`diffranb.bohb.read_log`), the search (:func:`plot_bohb`).
+
+    A figure of its own (three or four panels), so it takes no ``ax``.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    fig, axes = plt.subplot_mosaic([["loss", "accuracy"], ["confusion", "bohb" if runs else "."]],
+                                   figsize=(11, 8), layout="constrained")
+    plot_learning_curves(record["history"], axes=[axes["loss"], axes["accuracy"]])
+    plot_confusion(record["test"]["confusion"], record["test"]["classes"], ax=axes["confusion"], colorbar=True)
+    if runs:
+        plot_bohb(runs, ax=axes["bohb"])
+    return fig
+
+
 def plot_report_confusions(result: dict, *, losses=None, labels=None):
     """Test confusion matrices of every pipeline in a :func:`diffranb.tune.report` record, one panel each,
     after a panel of the search (:func:`plot_search`) when its ``losses`` and ``labels`` are given.

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("hpbandster")
 
-from diffranb import bohb, cli, dataset, deepfreak, tune  # noqa: E402
+from diffranb import bohb, cli, dataset, deepfreak, tune, viz  # noqa: E402
 
 
 class Quadratic:
@@ -186,6 +186,8 @@ def test_tune_bohb_trains_deepfreak_and_train_takes_its_incumbent(tmp_path, caps
     text = deepfreak.describe_report(record)
     assert "chosen by BOHB: 4 evaluations" in text and "budgets 1, 3 epochs" in text
     assert "DeepFreak accuracy" in text and (tmp_path / "record" / "bohb.png").is_file()
+    fig = viz.plot_training_record(record, runs=runs)
+    assert len(fig.axes) == 5  # loss, accuracy, confusion and its colour bar, search
 
 
 def test_the_bin_mode_is_a_fixed_setting_of_the_search_not_a_hyperparameter():

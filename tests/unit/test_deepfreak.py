@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from diffranb import cli, dataset, deepfreak as dfk, evaluate  # noqa: E402
+from diffranb import cli, dataset, deepfreak as dfk, evaluate, viz  # noqa: E402
 
 #: Width of the classifier of each topology on 512² frames in the authors' published worker ("final_size"
 #: × 4 bottleneck expansion): pins the strides, paddings and pools to the original networks.
@@ -333,6 +333,7 @@ def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path)
     assert len(saved["history"]) == 2 and saved["wall_seconds"] > 0
     assert dfk.load_report(tmp_path / "rec") == saved and dfk.load_report(tmp_path / "none") is None
     text = dfk.describe_report(saved)
+    assert len(viz.plot_training_record(saved).axes) == 4  # no search: curves, confusion and its colour bar
     assert "configured by hand" in text and "2 epochs in" in text and "DeepFreak accuracy" in text
     # a search summary written before the total time was recorded, or none at all
     older = {**saved, "bohb": {"summary": {"seconds": 0.01, "budgets": [1.0, 3.0]}, "n_evaluations": 4,
