@@ -137,7 +137,7 @@ def _names(text):
 
 
 def _add_classic_commands(sub) -> None:
-    from . import classic, features, tune
+    from . import classic, dataset, features, tune
 
     train = sub.add_parser("train", help="fit a classifier on a data set's training split and save it")
     kinds = train.add_subparsers(dest="kind", required=True)
@@ -192,9 +192,13 @@ def _add_classic_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="test a saved model (classic or DeepFreak) on a split of a data set")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="model directory (with model.json)")
-    which.add_argument("--ideal-counter", action="store_true",
-                       help="instead of a model, an ideal integrator counting each frame's reflections that "
-                            "measure I/σ ≥ 3 (dataset.IdealCounter): the reference any classifier is held to")
+    which.add_argument("--ideal-counter", nargs="?", const="count", metavar="METHOD",
+                       choices=dataset.IDEAL_METHODS,
+                       help="instead of a model, an ideal integrator that knows where every reflection falls "
+                            "(dataset.IdealCounter), a reference for the classifiers. METHOD: count (default; "
+                            "counts reflections measuring I/σ ≥ 3), posterior (also knows the frame's spread of "
+                            "spot strengths; undoes the count's bias) or scale (also knows each reflection's "
+                            "expected strength up to the crystal's volume)")
     p.add_argument("--seed", type=int, default=0, help="with --ideal-counter: seed of its noise draws")
     p.add_argument("--data", required=True, help="a data set built by `diffranb generate`")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
@@ -259,7 +263,7 @@ def _evaluate(args) -> int:
     from . import dataset, evaluate
 
     with dataset.open_dataset(args.data) as ds:
-        model = dataset.IdealCounter.for_dataset(ds, args.seed) if args.ideal_counter else \
+        model = dataset.IdealCounter.for_dataset(ds, args.seed, args.ideal_counter) if args.ideal_counter else \
             evaluate.load_model(args.model)
         result = evaluate.evaluate_model(model, ds, args.split)
     if args.json:

@@ -444,9 +444,8 @@ def reflection_table(scene: Scene, background: np.ndarray | None = None, *, min_
         background = background_photons(scene.background, beam, det)
     box_bg, box_n = _box_sums(np.asarray(background, dtype=np.float64) * transmission, i, j, SPOT_BOX_PX // 2)
     read = resp.readout_noise_adu / resp.adu_per_photon
-    k2 = float(min_i_over_sigma) ** 2
     floor = box_bg + box_n * read * read
-    needed = 0.5 * (k2 + np.sqrt(k2 * k2 + 4.0 * k2 * floor))
+    needed = significance_threshold(floor, min_i_over_sigma)
     with np.errstate(divide="ignore"):
         threshold = np.where(per_block > 0, needed / per_block, np.inf)
     return {"h": hkl[:, 0].copy(), "k": hkl[:, 1].copy(), "l": hkl[:, 2].copy(), "slow": slow, "fast": fast,
@@ -1366,18 +1365,42 @@ def open_dataset(path) -> Dataset:
     return Dataset(path)
 
 
+#: How :class:`IdealCounter` estimates a frame's count of significant reflections, from what it knows least to
+#: what it knows most (see the class).
+IDEAL_METHODS = ("count", "posterior", "scale")
+
+#: Log-spaced bins of the posterior method's prior over a frame's expected reflection signals.
+POSTERIOR_BINS = 256
+
+
 class IdealCounter:
-    """The class an ideal integrator would give each frame: a reference for what any classifier can reach.
+    """The class an ideal integrator would give each frame: references for what a classifier can reach.
 
     The classes are cut on the number of reflections whose *expected* signal has I/σ ≥ k (the noiseless
     truth). A frame shows one noisy realisation: a reflection just above the threshold may measure below it,
     and one below may measure above. The ideal integrator knows every spot's position and the exact
     background; for each reflection of the frame's crystal (:func:`reflection_table`) it draws the photons in
-    its box, Poisson(S + B), and the read-out noise of the box, Normal(0, n_box·σ_read²), subtracts B,
-    estimates σ² = max(I, 0) + B + n_box·σ_read², and counts I ≥ k·σ; the frame's class is that count cut
-    with the set's cuts. Frames without X-rays are blank; ice frames keep their ice label. The detector's gain
-    pattern and point spread, which a real integrator also faces, are left out: the reference is
-    optimistic.
+    its box, Poisson(S + B), and the read-out noise of the box, Normal(0, n_box·σ_read²), and subtracts B:
+    I = measured − B, with variance S + floor (floor = B + n_box·σ_read²). The three methods then estimate
+    the count from the same draws, each knowing more than the last:
+
+    - ``"count"``: counts the reflections that measure I ≥ k·σ, σ² = max(I, 0) + floor. It knows positions and
+      backgrounds only. Many more reflections sit just below the threshold than just above, so the count is
+      biased upwards near every cut.
+    - ``"posterior"``: also knows the frame's *distribution* of expected signals (a histogram of S over its
+      reflections, :data:`POSTERIOR_BINS` log-spaced bins), but not which reflection has which. It sums,
+      over the reflections, the posterior probability that the expected signal reaches its threshold S*,
+      P(S ≥ S* | I), with that histogram as prior and a normal likelihood N(I; S, S + floor), and rounds the
+      sum. This removes the counter's bias; what remains is the noise of one exposure.
+    - ``"scale"``: knows each reflection's expected signal per mosaic block (the crystal's structure factors,
+      partialities and orientation: a full model of the crystal), and only the number of blocks, i.e. the
+      crystal's volume, is unknown. It fits that number to all measured I by weighted least squares with
+      weights 1/(n·p + floor), iterated to convergence, and counts the reflections whose threshold volume
+      the fit reaches. Hundreds of reflections pin one number, so this is close to the information limit.
+
+    Frames without X-rays are blank; frames without a crystal are no-crystal for every method; ice frames
+    keep their ice label. The detector's gain pattern and point spread, which a real integrator also faces,
+    are left out: the references are optimistic about positions and pessimistic about nothing else.
 
     It has the interface of a saved model for :func:`diffranb.evaluate.evaluate_model`.
 
@@ -1388,35 +1411,62 @@ class IdealCounter:
     cuts : Cuts
         The data set's cuts.
     seed : int
-        Seed of the noise draws; frame i draws from ``SeedSequence(seed, spawn_key=(i,))``.
+        Seed of the noise draws; frame i draws from ``SeedSequence(seed, spawn_key=(i,))``, the same for
+        every method.
+    method : str
+        One of :data:`IDEAL_METHODS`.
     """
 
-    kind = "ideal-counter"
     dataset_hash = None
 
-    def __init__(self, classes, cuts: Cuts = Cuts(), seed: int = 0):
-        self.classes, self.cuts, self.seed = tuple(classes), cuts, int(seed)
+    def __init__(self, classes, cuts: Cuts = Cuts(), seed: int = 0, method: str = "count"):
+        if method not in IDEAL_METHODS:
+            raise ValueError(f"method = {method!r}: must be one of {IDEAL_METHODS}")
+        self.classes, self.cuts, self.seed, self.method = tuple(classes), cuts, int(seed), method
+        self.kind = "ideal-counter" if method == "count" else f"ideal-counter ({method})"
 
     @classmethod
-    def for_dataset(cls, ds: Dataset, seed: int = 0) -> IdealCounter:
+    def for_dataset(cls, ds: Dataset, seed: int = 0, method: str = "count") -> IdealCounter:
         """The ideal counter of an open data set (its classes and cuts)."""
-        return cls(ds.classes, ds.config.cuts, seed)
+        return cls(ds.classes, ds.config.cuts, seed, method)
 
-    def measured_count(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> int:
-        """Reflections of frame ``index`` (its stored parameters ``row``, drawn at ``pixels`` with ``ranges``)
-        that measure I/σ ≥ k in one realisation."""
-        if not row["has_crystal"]:
-            return 0
+    def measure(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> tuple:
+        """One measurement of every reflection of frame ``index`` (a crystal frame; its stored parameters
+        ``row``, drawn at ``pixels`` with ``ranges``).
+
+        Returns
+        -------
+        table : dict
+            :func:`reflection_table` of the frame.
+        signal : (n,) float64, photons
+            Expected signal of each reflection, S = photons_per_block · n_blocks.
+        intensity : (n,) float64, photons
+            Measured I = Poisson(S + B) + read-out noise − B.
+        """
         scene = scene_from_params(row, pixels, ranges)
         table = reflection_table(scene, min_i_over_sigma=self.cuts.min_i_over_sigma)
         rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(int(index),)))
         signal = table["photons_per_block"] * float(row["n_blocks"])
         background, floor = table["background"], table["noise_floor"]
         read_variance = floor - background
-        measured = rng.poisson(signal + background) + rng.normal(size=signal.shape) * np.sqrt(read_variance) \
+        intensity = rng.poisson(signal + background) + rng.normal(size=signal.shape) * np.sqrt(read_variance) \
             - background
-        sigma = np.sqrt(np.maximum(measured, 0.0) + floor)
-        return int(np.count_nonzero(measured >= self.cuts.min_i_over_sigma * sigma))
+        return table, signal, intensity
+
+    def measured_count(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> int:
+        """This method's estimate of how many reflections of frame ``index`` (its stored parameters ``row``,
+        drawn at ``pixels`` with ``ranges``) reach I/σ ≥ k; 0 without a crystal."""
+        if not row["has_crystal"]:
+            return 0
+        table, signal, intensity = self.measure(row, index, pixels=pixels, ranges=ranges)
+        k = self.cuts.min_i_over_sigma
+        if self.method == "count":
+            sigma = np.sqrt(np.maximum(intensity, 0.0) + table["noise_floor"])
+            return int(np.count_nonzero(intensity >= k * sigma))
+        if self.method == "posterior":
+            return int(np.rint(posterior_count(signal, intensity, table["noise_floor"], k)))
+        blocks = fit_blocks(table["photons_per_block"], intensity, table["noise_floor"])
+        return int(np.count_nonzero(table["threshold_blocks"] <= blocks))
 
     def predict_dataset(self, ds: Dataset, indices, *, progress: bool = False) -> np.ndarray:
         """Label codes of frames ``indices`` of an open data set, (n,) int64."""
@@ -1425,12 +1475,104 @@ class IdealCounter:
         indices = np.asarray(indices, dtype=np.int64)
         columns = ds.columns()
         counts = np.zeros(len(indices), dtype=np.int64)
-        for n, i in enumerate(tqdm(indices, desc="ideal counter", unit="img", disable=not progress)):
+        for n, i in enumerate(tqdm(indices, desc=self.kind, unit="img", disable=not progress)):
             counts[n] = self.measured_count({name: columns[name][i] for name in columns}, i,
                                             pixels=ds.config.pixels, ranges=ds.config.ranges)
         codes = label_codes(columns["x_rays"][indices], counts, columns["ice_contrast"][indices], cuts=self.cuts,
                             ice=ICE in self.classes)
         return codes.astype(np.int64)
+
+
+def significance_threshold(noise_floor, k: float = 3.0) -> np.ndarray:
+    """S*: the expected signal (photons) at which a reflection with box variance ``noise_floor`` + S reaches
+    S/σ = k, S* = (k² + √(k⁴ + 4k²·floor))/2 (see :func:`reflection_table`)."""
+    k2 = float(k) ** 2
+    return 0.5 * (k2 + np.sqrt(k2 * k2 + 4.0 * k2 * np.asarray(noise_floor, dtype=np.float64)))
+
+
+def posterior_count(signal, intensity, noise_floor, k: float = 3.0, *, bins: int = POSTERIOR_BINS,
+                    chunk: int = 4096) -> float:
+    """Expected number of reflections whose expected signal reaches S/σ ≥ k, given one measurement of each.
+
+    The prior of every reflection's expected signal is the histogram of ``signal`` over the frame (zero kept
+    as its own atom, the rest in ``bins`` log-spaced bins, each at its geometric centre); the likelihood of a
+    measured I is normal, N(I; S, S + floor). The result is Σ P(S_i ≥ S*_i | I_i) with S* from
+    :func:`significance_threshold`.
+
+    Parameters
+    ----------
+    signal, intensity, noise_floor : (n,) arrays, photons (floor in photons²)
+        Expected signal, measured intensity (background subtracted) and box variance without the signal.
+    k : float
+    bins : int
+    chunk : int
+        Reflections per block of the (n × bins) computation, bounding memory.
+
+    Returns
+    -------
+    float
+    """
+    signal = np.asarray(signal, dtype=np.float64)
+    intensity = np.asarray(intensity, dtype=np.float64)
+    floor = np.asarray(noise_floor, dtype=np.float64)
+    if signal.shape != intensity.shape or signal.shape != floor.shape:
+        raise ValueError("posterior_count: signal, intensity and noise_floor must have one shape")
+    if signal.size == 0:
+        return 0.0
+    positive = signal[signal > 0]
+    centres, weights = [0.0], [float(np.count_nonzero(signal <= 0))]
+    if positive.size:
+        lo, hi = float(positive.min()), float(positive.max())
+        edges = np.geomspace(lo, hi * (1 + 1e-9) + 1e-300, bins + 1) if hi > lo else np.array([lo, lo * 2])
+        w, _ = np.histogram(positive, edges)
+        mid = np.sqrt(edges[:-1] * edges[1:]) if hi > lo else np.array([lo])
+        centres += list(mid[w > 0])
+        weights += list(w[w > 0].astype(np.float64))
+    centres, weights = np.asarray(centres), np.asarray(weights)
+    keep = weights > 0
+    centres, log_w = centres[keep], np.log(weights[keep])
+    needed = significance_threshold(floor, k)
+    total = 0.0
+    for a in range(0, signal.size, chunk):
+        i, f, s_star = intensity[a:a + chunk, None], floor[a:a + chunk, None], needed[a:a + chunk, None]
+        var = centres[None, :] + f
+        log_p = -0.5 * (i - centres[None, :]) ** 2 / var - 0.5 * np.log(var) + log_w[None, :]
+        p = np.exp(log_p - log_p.max(axis=1, keepdims=True))
+        total += float(np.sum(np.sum(p * (centres[None, :] >= s_star), axis=1) / np.sum(p, axis=1)))
+    return total
+
+
+def fit_blocks(photons_per_block, intensity, noise_floor, *, max_iterations: int = 100,
+               rtol: float = 1e-10) -> float:
+    """The crystal volume (mosaic blocks) that best explains measured reflection intensities.
+
+    Model: I_i = n·p_i + noise of variance n·p_i + floor_i. Weighted least squares with weights
+    1/(n·p_i + floor_i), iterated from the unweighted fit until n changes by less than ``rtol``; n ≥ 0.
+
+    Parameters
+    ----------
+    photons_per_block, intensity, noise_floor : (n,) arrays
+        p (photons per block), measured I (photons, background subtracted), floor (photons²).
+
+    Returns
+    -------
+    float, blocks; 0 when no reflection has signal.
+    """
+    p = np.asarray(photons_per_block, dtype=np.float64)
+    i = np.asarray(intensity, dtype=np.float64)
+    floor = np.asarray(noise_floor, dtype=np.float64)
+    pp = float(np.dot(p, p))
+    if pp <= 0:
+        return 0.0
+    n = max(float(np.dot(p, i)) / pp, 0.0)
+    for _ in range(max_iterations):
+        w = 1.0 / (n * p + floor)
+        new = max(float(np.sum(w * p * i) / np.sum(w * p * p)), 0.0)
+        done = abs(new - n) <= rtol * max(new, n, 1e-300)
+        n = new
+        if done:
+            break
+    return n
 
 
 def relabel(ds: Dataset, cuts: Cuts) -> np.ndarray:

@@ -674,11 +674,37 @@ def plot_report_confusions(result: dict, *, losses=None, labels=None):
     axes = list(axes[0])
     if search:
         plot_search(losses, labels, ax=axes.pop(0))
-    for ax, (name, m) in zip(axes, methods.items()):
-        plot_confusion(m["test"]["confusion"], m["test"]["classes"], ax=ax)
-        shown = name if name == m["label"] else f"{name} ({m['label']})"
-        ax.set_xlabel(f"predicted — {shown}: {100 * m['test']['accuracy']:.2f} %")
+    plot_confusions({name if name == m["label"] else f"{name} ({m['label']})": m["test"]
+                     for name, m in methods.items()}, axes=axes)
     return fig
+
+
+def plot_confusions(results: dict, *, axes=None):
+    """Confusion matrices side by side, one panel per named result, each labelled with its accuracy.
+
+    Parameters
+    ----------
+    results : dict
+        Name → :func:`diffranb.evaluate.metrics` output (``confusion``, ``classes``, ``accuracy``).
+    axes : sequence of Axes, optional
+        One per result; a new figure (one row) when not given.
+
+    Returns
+    -------
+    list of Axes
+    """
+    if not results:
+        raise ValueError("plot_confusions: no results to draw")
+    if axes is None:
+        _, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.2), layout="constrained",
+                               squeeze=False)
+        axes = list(axes[0])
+    elif len(axes) != len(results):
+        raise ValueError(f"plot_confusions: {len(results)} results need as many axes, not {len(axes)}")
+    for ax, (name, m) in zip(axes, results.items()):
+        plot_confusion(m["confusion"], m["classes"], ax=ax)
+        ax.set_xlabel(f"predicted — {name}: {100 * m['accuracy']:.2f} %")
+    return list(axes)
 
 
 def plot_confusion(confusion, classes, *, ax: Axes | None = None, colorbar: bool = False) -> Axes:

@@ -389,3 +389,102 @@ def test_ideal_counter_evaluates_like_a_model(tiny, capsys):
     assert result["split"] == "test" and result["n"] == int(np.sum(ds.split == 2)) and 0 <= result["accuracy"] <= 1
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--ideal-counter", "--model", "x", "--data", str(tiny)])
+
+
+# --- The ideal counter's estimators ---------------------------------------------------------------------
+
+
+def synthetic_frame(n_reflections=3000, seed=0):
+    """Per-block signals spread like a crystal's (exponential intensities times a wide partiality), a box
+    variance of 40 photons², and a crystal size that puts a few hundred reflections above 3σ."""
+    rng = np.random.default_rng(seed)
+    per_block = rng.exponential(1.0, n_reflections) * rng.lognormal(0.0, 1.5, n_reflections)
+    floor = np.full(n_reflections, 40.0)
+    return per_block, floor, 4.0
+
+
+def measure_synthetic(per_block, floor, blocks, rng):
+    signal = per_block * blocks
+    return rng.poisson(signal + floor) - floor  # the floor drawn as Poisson photons, like read-out noise
+
+
+def test_significance_threshold_is_where_signal_over_noise_is_k():
+    floor = np.array([0.0, 1.0, 40.0, 1e4])
+    for k in (1.0, 3.0, 5.0):
+        s = dataset.significance_threshold(floor, k)
+        np.testing.assert_allclose(s / np.sqrt(s + floor), k, rtol=1e-12)
+
+
+def test_fit_blocks_recovers_the_crystal_volume():
+    per_block, floor, blocks = synthetic_frame()
+    assert dataset.fit_blocks(per_block, per_block * blocks, floor) == pytest.approx(blocks, rel=1e-8)
+    assert dataset.fit_blocks(np.zeros(3), np.ones(3), np.ones(3)) == 0.0
+    assert dataset.fit_blocks(per_block, -per_block, floor) == 0.0  # never a negative crystal
+    rng = np.random.default_rng(5)
+    fits = np.array([dataset.fit_blocks(per_block, measure_synthetic(per_block, floor, blocks, rng), floor)
+                     for _ in range(300)])
+    # the spread of an efficient estimator: the Fisher bound 1/√Σ p²/(n·p + floor)
+    bound = 1.0 / math.sqrt(np.sum(per_block**2 / (blocks * per_block + floor)))
+    assert abs(fits.mean() - blocks) < 4 * bound / math.sqrt(len(fits))
+    assert fits.std() == pytest.approx(bound, rel=0.2)
+
+
+def test_posterior_count_undoes_the_counters_bias():
+    per_block, floor, blocks = synthetic_frame()
+    signal = per_block * blocks
+    truth = int(np.sum(signal >= dataset.significance_threshold(floor, 3.0)))
+    assert 100 < truth < 1000
+    # noiseless measurements of strong, separated signals give the count exactly
+    strong = np.where(signal >= dataset.significance_threshold(floor, 3.0), 1e6, 0.0)
+    assert dataset.posterior_count(strong, strong, floor, 3.0) == pytest.approx(truth, abs=1e-6)
+    rng = np.random.default_rng(7)
+    naive, posterior = [], []
+    for _ in range(100):
+        measured = measure_synthetic(per_block, floor, blocks, rng)
+        naive.append(np.sum(measured >= 3.0 * np.sqrt(np.maximum(measured, 0) + floor)))
+        posterior.append(dataset.posterior_count(signal, measured, floor, 3.0, chunk=700))
+    bias_naive, bias_posterior = np.mean(naive) - truth, np.mean(posterior) - truth
+    assert bias_naive > 5  # many faint reflections fluctuate above 3σ
+    assert abs(bias_posterior) < 0.2 * bias_naive
+    assert np.std(posterior) < np.std(naive)
+    with pytest.raises(ValueError, match="one shape"):
+        dataset.posterior_count(signal, signal[:-1], floor)
+    assert dataset.posterior_count(np.array([]), np.array([]), np.array([])) == 0.0
+
+
+def test_every_ideal_method_sees_the_same_measurement(tiny):
+    with dataset.open_dataset(tiny) as ds:
+        kw = dict(pixels=ds.config.pixels, ranges=ds.config.ranges)
+        counters = {m: dataset.IdealCounter.for_dataset(ds, seed=2, method=m) for m in dataset.IDEAL_METHODS}
+        for i in np.flatnonzero(ds.column("has_crystal") == 1):
+            row = ds.row(int(i))
+            draws = [c.measure(row, int(i), **kw) for c in counters.values()]
+            for table, signal, intensity in draws[1:]:
+                np.testing.assert_array_equal(intensity, draws[0][2])
+            table, signal, intensity = draws[0]
+            # a crystal 10⁴ times larger: the fit pins its volume, and every method counts (nearly) the truth
+            big = row | {"n_blocks": row["n_blocks"] * 1e4}
+            _, _, measured = counters["scale"].measure(big, int(i), **kw)
+            fitted = dataset.fit_blocks(table["photons_per_block"], measured, table["noise_floor"])
+            assert fitted == pytest.approx(big["n_blocks"], rel=0.02)
+            truth = dataset.count_significant(table, big["n_blocks"])[0]
+            assert abs(counters["scale"].measured_count(big, int(i), **kw) - truth) <= max(2, 0.02 * truth)
+            assert abs(counters["posterior"].measured_count(big, int(i), **kw) - truth) <= max(3, 0.05 * truth)
+        empty = np.flatnonzero(ds.column("has_crystal") == 0)
+        for c in counters.values():
+            np.testing.assert_array_equal(c.predict_dataset(ds, empty), ds.labels[empty])
+    with pytest.raises(ValueError, match="method"):
+        dataset.IdealCounter(dataset.CLASSES, method="guess")
+
+
+def test_evaluate_chooses_the_ideal_method(tiny, capsys):
+    import json
+
+    for method in dataset.IDEAL_METHODS:
+        assert cli.main(["evaluate", "--ideal-counter", method, "--data", str(tiny), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["n"] > 0 and 0 <= result["accuracy"] <= 1
+    assert cli.main(["evaluate", "--data", str(tiny), "--ideal-counter"]) == 0
+    assert "ideal-counter" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--ideal-counter", "guess", "--data", str(tiny)])

@@ -180,3 +180,20 @@ def test_show_map_and_show_pattern_name_their_own_argument_when_rejecting_a_stac
         viz.show_map(np.zeros((2, 3, 3)))
     with pytest.raises(ValueError, match=r"^image\.shape=\(2, 3, 3\)"):
         viz.show_pattern(np.zeros((2, 3, 3)))
+
+
+def test_plot_confusions_draws_one_labelled_panel_per_result():
+    from diffranb import evaluate
+
+    classes = ("blank", "no-crystal", "weak")
+    truth = np.array([0, 1, 2, 2, 1, 0])
+    results = {"count": evaluate.metrics(truth, np.array([0, 1, 2, 1, 1, 0]), classes),
+               "scale": evaluate.metrics(truth, truth, classes)}
+    axes = viz.plot_confusions(results)
+    assert len(axes) == 2
+    assert axes[0].get_xlabel().endswith("count: 83.33 %") and axes[1].get_xlabel().endswith("scale: 100.00 %")
+    assert axes[0].images[0].get_array()[2, 1] == 50  # row percentages: one of two weak frames went to no-crystal
+    with pytest.raises(ValueError, match="as many axes"):
+        viz.plot_confusions(results, axes=axes[:1])
+    with pytest.raises(ValueError, match="no results"):
+        viz.plot_confusions({})
