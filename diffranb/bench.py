@@ -215,23 +215,44 @@ CLASSIC_BEST = {"extractor": "lbp", "points": 24, "radius": 3, "classifier": "sv
                 "gamma": 2.0 ** -11, "class_weight": "none", "seed": 0}
 
 
-def deepfreak(repeats: int = 40, workers: int = 2, model=None) -> dict:
+def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
     """Frames per second of DeepFreak on 512² frames (:func:`diffranb.deepfreak.benchmark`), inference on 1
     and ``workers`` threads at batch 1 and 64. Each figure is timed for at least ``repeats / 8`` seconds
     after a warm-up call.
 
     Without ``model``: the paper's chosen topology with random weights, trained binned 4× and at full
     resolution (batch 16), inference at full resolution. ``model`` is a saved model directory: its topology
-    at its binning, bin mode and training batch size, inference through the model itself."""
+    at its binning, bin mode and training batch size, inference through the model itself.
+
+    With ``data`` (a built set), training is also timed on ``8 × repeats`` of its frames, read from the file
+    every time and served from memory (:func:`diffranb.deepfreak.benchmark_frames`, keys ``frames_…``), with
+    the model's topology, binning, bin mode and batch, or without a model :class:`~diffranb.deepfreak.TrainConfig`'s
+    defaults."""
     from . import deepfreak as dfk
+    from .dataset import open_dataset
 
     loaded = dfk.load_model(model) if model is not None else None
-    return dfk.benchmark(threads=tuple(sorted({1, workers})), min_seconds=repeats / 8, model=loaded)
+    out = dfk.benchmark(threads=tuple(sorted({1, workers})), min_seconds=repeats / 8, model=loaded)
+    if data is not None:
+        d = dfk.TrainConfig()
+        top, binning, mode, batch = d.topology, d.binning, d.bin_mode, d.batch_size
+        if loaded is not None:
+            top, binning, mode = out["topology"] - 1, loaded.binning, loaded.bin_mode
+            batch = out["train_batch"]
+        with open_dataset(data) as ds:
+            frames = dfk.benchmark_frames(ds, top=top, binning=binning, mode=mode, batch=batch,
+                                          n_frames=8 * repeats)
+        out.update({f"frames_{k}": v for k, v in frames.items()})
+    return out
 
 
-def run(what: str, *, repeats: int = 40, workers: int = 2, model=None) -> dict:
+def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line."""
     kw = {"model": model} if what in ("classic", "deepfreak") else {}
+    if what == "deepfreak":
+        kw["data"] = data
+    elif data is not None:
+        raise ValueError(f"bench {what}: --data is for bench deepfreak only")
     result = {"sim": sim, "dataset": dataset, "classic": classic,
               "deepfreak": deepfreak}[what](repeats=repeats, workers=workers, **kw)
     for key, value in result.items():

@@ -201,9 +201,10 @@ class DeepFreakObjective:
         cfg = self.train_config(config, budget)
         key = hashlib.sha256(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, epochs=1)),
                                         sort_keys=True).encode()).hexdigest()[:16]
+        ds, frames = _frame_store(self)
         try:
-            result = train(self.data, Path(self.workdir) / key, cfg, save_best=False, progress=False,
-                           threads=self.threads)
+            result = train(ds, Path(self.workdir) / key, cfg, save_best=False, progress=False,
+                           threads=self.threads, frames=frames)
         except Diverged as exc:
             # a legitimate outcome of a high learning rate, not a failure: the worst loss there is
             return {"loss": 1.0, "info": {"val_accuracy": 0.0, "diverged": str(exc), "settings": self.settings()}}
@@ -215,6 +216,29 @@ class DeepFreakObjective:
                          "train_accuracy": last["train_accuracy"], "train_loss": last["train_loss"],
                          "history": result.history, "epochs_computed": len(result.history) - result.resumed_from,
                          "seconds": result.seconds, "settings": self.settings()}}
+
+
+#: Per process: the open data set and its store of binned frames for each objective's settings, kept across
+#: evaluations so that a worker reads each training and validation frame of its subsets once per search.
+_FRAME_STORES = {}
+
+
+def _frame_store(objective: DeepFreakObjective):
+    """The open data set and :class:`~diffranb.deepfreak.BinnedFrames` of ``objective``'s frames, made once
+    per process."""
+    from .dataset import open_dataset
+    from .deepfreak import BinnedFrames, subset
+
+    path = Path(objective.data).resolve()
+    st = path.stat()  # a file written again at the same path is another set
+    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size, objective.binning, objective.bin_mode,
+           objective.max_train, objective.max_val, objective.seed)
+    if key not in _FRAME_STORES:
+        ds = open_dataset(objective.data)
+        indices = np.concatenate([subset(ds, "train", objective.max_train, objective.seed),
+                                  subset(ds, "val", objective.max_val, objective.seed)])
+        _FRAME_STORES[key] = (ds, BinnedFrames(ds, objective.binning, objective.bin_mode, indices))
+    return _FRAME_STORES[key]
 
 
 def _make_worker(objective, run_id, nameserver, nameserver_port, host, worker_id):

@@ -35,7 +35,7 @@ def _simulate(args) -> int:
 def _bench(args) -> int:
     from . import bench
 
-    result = bench.run(args.what, repeats=args.repeats, workers=args.workers, model=args.model)
+    result = bench.run(args.what, repeats=args.repeats, workers=args.workers, model=args.model, data=args.data)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.add_argument("--model", help="a saved model directory to time (bench classic: default fit the best pipeline; "
                                    "bench deepfreak: default the paper's topology with random weights, unbinned)")
+    p.add_argument("--data", help="bench deepfreak: also time training on this set's frames, read from the file "
+                                  "every epoch and kept in memory (deepfreak.BinnedFrames)")
     p.set_defaults(func=_bench)
     _add_dataset_commands(sub)
     _add_classic_commands(sub)
@@ -282,7 +284,7 @@ def _evaluate(args) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 def _add_deepfreak_commands() -> None:
-    from .deepfreak import BIN_MODES, TOPOLOGIES, TrainConfig
+    from .deepfreak import BIN_MODES, FRAME_STORE_MIB, TOPOLOGIES, TrainConfig
 
     d = TrainConfig()
     p = TRAIN_KINDS["kinds"].add_parser("deepfreak", help="DeepFreak: a ResNet-50 on the frames (torch, CPU)")
@@ -308,6 +310,10 @@ def _add_deepfreak_commands() -> None:
     p.add_argument("--max-val", type=int, help="validate on a stratified subset of this many frames")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--frame-store", type=float, default=FRAME_STORE_MIB, metavar="MIB",
+                   help="memory for the binned training and validation frames, read once and kept for later "
+                        f"epochs; 0 reads every epoch from the file; same results either way (default "
+                        f"{FRAME_STORE_MIB:g})")
     p.add_argument("--no-resume", action="store_true", help="discard the checkpoint in --out and start afresh")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report", help="then test the model and write metrics.json, learning curves and the confusion "
@@ -381,7 +387,8 @@ def _train_deepfreak(args) -> int:
     config = deepfreak.TrainConfig(**fields, epochs=args.epochs, binning=args.binning, seed=args.seed,
                                    max_train=args.max_train, max_val=args.max_val)
     result = deepfreak.train(args.data, args.out, config, resume=not args.no_resume,
-                             progress=not args.no_progress, threads=args.threads)
+                             progress=not args.no_progress, threads=args.threads,
+                             frame_store_mib=args.frame_store)
     meta_path = Path(args.out) / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["command"] = args.command_line

@@ -20,6 +20,10 @@ is what a CPU needs:
 - **Speed** on two cores (``diffranb bench deepfreak``, chosen topology): about 20 training frames/s binned
   4× (128² input, 1.7 GB resident), 1 frame/s at full resolution (7.6 GB resident at batch 16: memory grows
   with the batch, and the paper's winners used batches of 1 and 2); inference on 512² frames 4–5 frames/s.
+- **Frames kept in memory** (:class:`BinnedFrames`). Reading a frame from the compressed set costs about
+  10 ms, more than a training step on a binned frame, so :func:`train` keeps the binned training and validation
+  frames after the first epoch (200 MiB at 4× binning): later epochs of a small topology run 2–3× faster, with
+  the same weights (``diffranb bench deepfreak --data``).
 - **Saved models** are a directory: ``model.json`` (``kind``, ``classes``, ``dataset_hash``, topology,
   preprocessing, training history) and ``model.safetensors`` (weights and mean image). Loading unpickles
   nothing (:func:`load_model`).
@@ -386,21 +390,110 @@ def bin_images(images8, binning: int = 1, mode: str = "mean") -> np.ndarray:
     check_bin_mode(mode)
     if images8.ndim == 2:
         images8 = images8[None]
+    return binned_to_input(_bin_codes(images8, binning, mode), binning, mode)
+
+
+def _bin_codes(images8, binning: int, mode: str) -> np.ndarray:
+    """The exact integers behind :func:`bin_images` (checked uint8 input): each block's maximum (uint8), or
+    its sum (uint16, at most 255·binning², so binning ≤ 16); the frames themselves without binning."""
     n, m, k = images8.shape
     if binning == 1:
-        return images8.astype(np.float32) / np.float32(255)
+        return images8
     hm, hk = m // binning, k // binning
     if hm < 1 or hk < 1:
         raise ValueError(f"binning = {binning}: larger than the {m} × {k} frames")
     blocks = images8[:, :hm * binning, :hk * binning].reshape(n, hm, binning, hk, binning)
     if mode == "max":
-        return blocks.max(axis=(2, 4)).astype(np.float32) / np.float32(255)
-    sums = blocks.sum(axis=(2, 4), dtype=np.uint32)
-    return sums.astype(np.float32) / np.float32(255 * binning * binning)
+        return blocks.max(axis=(2, 4))
+    if binning > 16:
+        return blocks.sum(axis=(2, 4), dtype=np.uint32)
+    return blocks.sum(axis=(2, 4), dtype=np.uint16)
+
+
+def binned_to_input(codes, binning: int, mode: str) -> np.ndarray:
+    """:func:`bin_images`'s float32 result from its integers (:class:`BinnedFrames` stores those)."""
+    if binning == 1 or mode == "max":
+        return codes.astype(np.float32) / np.float32(255)
+    return codes.astype(np.float32) / np.float32(255 * binning * binning)
+
+
+#: Default memory for :class:`BinnedFrames` in :func:`train`, MiB: the binned frames of the whole training and
+#: validation splits (12,400 frames) take 200 MiB at 4× binning and 800 MiB (max) or 1.6 GiB (mean) at 2×; full
+#: frames (3.2 GB) do not fit and are read from the file every epoch.
+FRAME_STORE_MIB = 2048
+
+
+class BinnedFrames:
+    """A data set's frames, binned for the network, read from the file once and then served from memory.
+
+    Reading a frame from the compressed HDF5 set and mapping it to 8 bits takes about 10 ms, more than a
+    training step of a small network on a binned frame. The first time a frame is asked for it is read and
+    binned as before; its integers (:func:`bin_images` before the scaling: uint8 maxima or uint16 sums) are
+    kept, so later epochs cost only the conversion to float32. The floats served are bit for bit those of
+    ``bin_images`` on ``ds.batches``: a run gives the same weights with the store or without it.
+
+    Parameters
+    ----------
+    ds : diffranb.dataset.Dataset
+    binning : int
+    mode : {"mean", "max"}
+    indices : (n,) int
+        Every frame that may be asked for (sizes the store).
+    max_mib : float
+        Memory the store may take; when the frames need more, nothing is stored and every batch is read.
+    """
+
+    def __init__(self, ds, binning: int, mode: str, indices, *, max_mib: float = FRAME_STORE_MIB):
+        check_bin_mode(mode)
+        self.ds, self.binning, self.mode = ds, int(binning), mode
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        m, k = ds.images.shape[1:]
+        shape = (m // self.binning, k // self.binning)
+        dtype = np.uint8 if self.binning == 1 or mode == "max" else \
+            (np.uint16 if self.binning <= 16 else np.uint32)
+        need = len(indices) * shape[0] * shape[1] * np.dtype(dtype).itemsize
+        self.enabled = need <= max_mib * 2**20 and len(indices) > 0
+        self.nbytes = need if self.enabled else 0
+        self.reads = 0  # frames read from the file
+        self._slot = np.full(len(ds), -1, dtype=np.int64)
+        self._codes = np.empty((len(indices),) + shape, dtype=dtype) if self.enabled else None
+        self._allowed = np.zeros(len(ds), dtype=bool)
+        self._allowed[indices] = True
+        self._filled = 0
+
+    def batches(self, indices, batch_size: int):
+        """Like ``ds.batches``, in the order given, but yielding the binned float32 input.
+
+        Yields
+        ------
+        x : (b, M // binning, N // binning) float32
+        labels : (b,) uint8
+        indices : (b,) int64
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if not self.enabled:
+            for images, labels, chunk in self.ds.batches(indices, batch_size):
+                self.reads += len(chunk)
+                yield bin_images(images, self.binning, self.mode), labels, chunk
+            return
+        if not np.all(self._allowed[indices]):
+            raise ValueError("BinnedFrames.batches: frames outside the indices the store was made for")
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            missing = np.unique(chunk[self._slot[chunk] < 0])
+            if len(missing):
+                for images, _, got in self.ds.batches(missing, len(missing)):
+                    slots = np.arange(self._filled, self._filled + len(got))
+                    self._codes[slots] = _bin_codes(images, self.binning, self.mode)
+                    self._slot[got] = slots
+                    self._filled += len(got)
+                    self.reads += len(got)
+            yield binned_to_input(self._codes[self._slot[chunk]], self.binning, self.mode), \
+                self.ds.labels[chunk], chunk
 
 
 def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size: int = 64,
-               progress: bool = False) -> np.ndarray:
+               progress: bool = False, frames: BinnedFrames | None = None) -> np.ndarray:
     """Per-pixel mean of the (binned, [0, 1]-scaled) frames ``indices`` of a data set.
 
     Parameters
@@ -411,6 +504,8 @@ def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size:
     binning : int
     mode : {"mean", "max"}
         Binning mode (:func:`bin_images`); the network's input must be binned the same way.
+    frames : BinnedFrames, optional
+        Read the frames through this store (of the same binning and mode), which keeps them.
 
     Returns
     -------
@@ -421,12 +516,16 @@ def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size:
     indices = np.asarray(indices)
     if len(indices) == 0:
         raise ValueError("indices is empty: the mean image needs at least one frame")
+    if frames is not None and (frames.binning, frames.mode) != (binning, mode):
+        raise ValueError(f"frames are binned {frames.binning} × {frames.binning} by {frames.mode}, not "
+                         f"{binning} × {binning} by {mode}")
+    frames = frames or BinnedFrames(ds, binning, mode, indices, max_mib=0)
     total = None
     with tqdm(total=len(indices), unit="img", desc="mean image", disable=not progress) as bar:
-        for images, _, _ in ds.batches(np.sort(indices), batch_size):
-            s = bin_images(images, binning, mode).sum(axis=0, dtype=np.float64)
+        for x, _, _ in frames.batches(np.sort(indices), batch_size):
+            s = x.sum(axis=0, dtype=np.float64)
             total = s if total is None else total + s
-            bar.update(len(images))
+            bar.update(len(x))
     return (total / len(indices)).astype(np.float32)
 
 
@@ -782,13 +881,13 @@ def _read_checkpoint(out: Path):
     return state, load_file(weights)
 
 
-def _run_epoch(net, optimizer, ds, order, config, model_mean, progress, desc):
+def _run_epoch(net, optimizer, frames, order, config, model_mean, progress, desc):
     import torch
     from tqdm.auto import tqdm
 
     net.train()
     criterion = torch.nn.CrossEntropyLoss(reduction="sum")
-    code_to_output = _code_to_output(ds.classes)
+    code_to_output = _code_to_output(frames.ds.classes)
     seen = correct = 0
     total_loss = 0.0
     n = len(order)
@@ -796,8 +895,8 @@ def _run_epoch(net, optimizer, ds, order, config, model_mean, progress, desc):
     # 1 × 1 (small binned inputs), and one frame out of an epoch changes nothing.
     usable = n - 1 if (n % config.batch_size == 1 and n > 1) else n
     with tqdm(total=usable, unit="img", desc=desc, disable=not progress, leave=False) as bar:
-        for images, labels, _ in ds.batches(order[:usable], config.batch_size):
-            x = _as_input(bin_images(images, config.binning, config.bin_mode) - model_mean)
+        for binned, labels, _ in frames.batches(order[:usable], config.batch_size):
+            x = _as_input(binned - model_mean)
             y = torch.from_numpy(code_to_output[labels])
             optimizer.zero_grad(set_to_none=True)
             logits = net(x)
@@ -819,7 +918,7 @@ def _run_epoch(net, optimizer, ds, order, config, model_mean, progress, desc):
 BN_FRAMES = 256
 
 
-def _recompute_batchnorm(net, ds, train_idx, config, model_mean, epoch: int) -> None:
+def _recompute_batchnorm(net, frames, train_idx, config, model_mean, epoch: int) -> None:
     """Set every BatchNorm's running statistics to the average over :data:`BN_FRAMES` training frames
     (seeded per epoch) of the batch statistics under the epoch's final weights ("precise BN")."""
     import torch
@@ -833,9 +932,9 @@ def _recompute_batchnorm(net, ds, train_idx, config, model_mean, epoch: int) -> 
         m.momentum = None  # a cumulative average over the batches below
     net.train()
     with torch.no_grad():
-        for images, _, _ in ds.batches(chosen, batch):
-            if len(images) > 1:
-                net(_as_input(bin_images(images, config.binning, config.bin_mode) - model_mean))
+        for binned, _, _ in frames.batches(chosen, batch):
+            if len(binned) > 1:
+                net(_as_input(binned - model_mean))
 
 
 def _code_to_output(classes) -> np.ndarray:
@@ -847,16 +946,16 @@ def _code_to_output(classes) -> np.ndarray:
     return table
 
 
-def _validate(net, ds, indices, config, model_mean, batch_size=64):
+def _validate(net, frames, indices, config, model_mean, batch_size=64):
     import torch
 
     net.eval()
-    code_to_output = _code_to_output(ds.classes)
+    code_to_output = _code_to_output(frames.ds.classes)
     criterion = torch.nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct = 0.0, 0
     with torch.inference_mode():
-        for images, labels, _ in ds.batches(indices, batch_size):
-            x = _as_input(bin_images(images, config.binning, config.bin_mode) - model_mean)
+        for binned, labels, _ in frames.batches(indices, batch_size):
+            x = _as_input(binned - model_mean)
             y = torch.from_numpy(code_to_output[labels])
             logits = net(x)
             total_loss += float(criterion(logits, y))
@@ -865,7 +964,8 @@ def _validate(net, ds, indices, config, model_mean, batch_size=64):
 
 
 def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True, save_best: bool = True,
-          progress: bool = True, threads: int | None = None, log=None) -> TrainResult:
+          progress: bool = True, threads: int | None = None, log=None,
+          frame_store_mib: float = FRAME_STORE_MIB, frames: BinnedFrames | None = None) -> TrainResult:
     """Train a DeepFreak network on a data set's training split, choosing the epoch by validation accuracy.
 
     BatchNorm's running statistics, which the network uses at evaluation, are recomputed after every epoch
@@ -897,6 +997,12 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
         torch's intra-op threads for this call (default: as set).
     log : callable, optional
         Called with each epoch's history entry.
+    frame_store_mib : float
+        Memory for the binned training and validation frames (:class:`BinnedFrames`), read from the file in
+        the first epoch and kept for the others; 0 reads every epoch from the file. The results are the same.
+    frames : BinnedFrames, optional
+        A store to use instead (of this open data set, with the configuration's binning and mode, made for
+        at least its training and validation frames): BOHB's workers keep one across their evaluations.
 
     Returns
     -------
@@ -912,7 +1018,7 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
     if isinstance(data, (str, os.PathLike)):
         with open_dataset(data) as ds:
             return train(ds, out, config, resume=resume, save_best=save_best, progress=progress,
-                         threads=threads, log=log)
+                         threads=threads, log=log, frame_store_mib=frame_store_mib, frames=frames)
     ds = data
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -923,6 +1029,13 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
         if len(train_idx) < 2 or len(val_idx) < 1:
             raise ValueError(f"{ds.path}: {len(train_idx)} training and {len(val_idx)} validation frames; "
                              "need at least 2 and 1")
+        if frames is None:
+            frames = BinnedFrames(ds, config.binning, config.bin_mode, np.concatenate([train_idx, val_idx]),
+                                  max_mib=frame_store_mib)
+        elif frames.ds is not ds or (frames.binning, frames.mode) != (config.binning, config.bin_mode):
+            raise ValueError(f"frames: a store of another data set or binned {frames.binning} × "
+                             f"{frames.binning} by {frames.mode}, not {config.binning} × {config.binning} by "
+                             f"{config.bin_mode}")
         frame = ds.images.shape[1:]
         input_shape = (frame[0] // config.binning, frame[1] // config.binning)
         final = feature_shapes(topology(config.topology), input_shape)["stage4"]
@@ -950,7 +1063,7 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
             mean = np.asarray(tensors["input_mean"].numpy(), dtype=np.float32)
             history, best = state["history"], state["best"]
         else:
-            mean = mean_image(ds, train_idx, config.binning, config.bin_mode, progress=progress)
+            mean = mean_image(ds, train_idx, config.binning, config.bin_mode, progress=progress, frames=frames)
             history, best = [], {"epoch": 0, "val_accuracy": -1.0}
         done = len(history)
         info = {"dataset_hash": ds.content_sha256, "dataset_path": str(ds.path), "train_config":
@@ -963,11 +1076,11 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 order = _epoch_order(train_idx, config.seed, epoch)
-                train_loss, train_acc = _run_epoch(net, optimizer, ds, order, config, mean, progress,
+                train_loss, train_acc = _run_epoch(net, optimizer, frames, order, config, mean, progress,
                                                    f"epoch {epoch + 1}")
                 t_train = time.perf_counter() - t0
-                _recompute_batchnorm(net, ds, train_idx, config, mean, epoch)
-                val_loss, val_acc = _validate(net, ds, val_idx, config, mean)
+                _recompute_batchnorm(net, frames, train_idx, config, mean, epoch)
+                val_loss, val_acc = _validate(net, frames, val_idx, config, mean)
                 entry = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_accuracy": train_acc,
                          "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - t0,
                          "train_images_per_s": len(order) / t_train, "max_rss_mib": _max_rss_mib()}
@@ -1167,6 +1280,62 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
     finally:
         torch.set_num_threads(previous)
     return out
+
+
+def benchmark_frames(ds, *, top: int = CHOSEN_TOPOLOGY, binning: int = 4, mode: str = "mean", batch: int = 16,
+                     n_frames: int = 320, rounds: int = 2) -> dict:
+    """Frames per second of training on a data set's own frames, read from the file every time versus served
+    by :class:`BinnedFrames` after a first pass, in the same run.
+
+    ``n_frames`` training frames in a seeded shuffled order; each figure is the fastest of ``rounds``
+    passes, file and memory alternating so that a change in the machine's load hits both. Loading alone
+    (batches delivered, nothing computed) and SGD steps of topology ``top`` on the delivered batches (on all
+    of torch's threads) are timed separately.
+
+    Returns
+    -------
+    dict
+        ``load_frames_per_s_{file,store}``, ``train_frames_per_s_{file,store}``, ``train_speedup``,
+        ``store_mib``, and what was measured.
+    """
+    import torch
+
+    if n_frames < 2 * batch:
+        raise ValueError(f"n_frames = {n_frames}: need at least two batches of {batch}")
+    train_idx = ds.indices("train")
+    order = np.random.default_rng(0).permutation(train_idx)[:n_frames]
+    from_file = BinnedFrames(ds, binning, mode, order, max_mib=0)
+    store = BinnedFrames(ds, binning, mode, order, max_mib=math.inf)
+    for _ in store.batches(order, 64):  # the first pass, which reads
+        pass
+    m, k = ds.images.shape[1:]
+    net = build_network(top, len(ds.classes), (m // binning, k // binning), seed=0).train()
+    opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+    code_to_output = _code_to_output(ds.classes)
+
+    def load(source):
+        for _ in source.batches(order, batch):
+            pass
+
+    def steps(source):
+        for x, labels, _ in source.batches(order, batch):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(_as_input(x)), torch.from_numpy(code_to_output[labels])).backward()
+            opt.step()
+
+    best = {}
+    for _ in range(rounds):
+        for what, fn in (("load", load), ("train", steps)):
+            for name, source in (("file", from_file), ("store", store)):
+                t0 = time.perf_counter()
+                fn(source)
+                seconds = time.perf_counter() - t0
+                key = f"{what}_frames_per_s_{name}"
+                best[key] = max(best.get(key, 0.0), len(order) / seconds)
+    return {"topology": top + 1, "binning": binning, "bin_mode": mode, "batch": batch, "frames": len(order),
+            "threads": torch.get_num_threads(), **best,
+            "train_speedup": best["train_frames_per_s_store"] / best["train_frames_per_s_file"],
+            "store_mib": store.nbytes / 2**20}
 
 
 # ---------------------------------------------------------------------------------------------------------

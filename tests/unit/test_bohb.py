@@ -237,3 +237,36 @@ def test_the_command_line_passes_the_bin_mode_to_the_search_and_from_it(tmp_path
 
 def test_tune_run_bohb_is_this_search():
     assert tune.run_bohb.__doc__ and "diffranb.bohb.run_bohb" in tune.run_bohb.__doc__
+
+
+def test_a_worker_reads_its_frames_once_across_evaluations(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from diffranb import deepfreak
+
+    data = dataset.build(60, 4, tmp_path / "tiny.h5", pixels=64, workers=0, progress=False)
+    objective = bohb.DeepFreakObjective(str(data), str(tmp_path / "evals"), binning=2, bin_mode="max",
+                                        max_train=16, max_val=8, threads=1)
+    configs = [{"topology": 8, "learning_rate": 0.02, "momentum": 0.9, "weight_decay": 1e-5, "batch_size": 8},
+               {"topology": 9, "learning_rate": 0.002, "momentum": 0.5, "weight_decay": 2e-5, "batch_size": 8}]
+    first = objective(configs[0], 1.0)
+    ds, frames = bohb._frame_store(objective)
+    n = len(deepfreak.subset(ds, "train", 16, 0)) + len(deepfreak.subset(ds, "val", 8, 0))
+    assert frames.enabled and n > 16 and frames.reads == n  # each training and validation frame once
+    second = objective(configs[1], 2.0)
+    assert bohb._frame_store(objective)[1] is frames and frames.reads == n  # nothing read again
+    assert 0 <= first["info"]["val_accuracy"] <= 1 and len(second["info"]["history"]) == 2
+    # the same evaluation trained from the file alone gives the same weights
+    cfg = objective.train_config(configs[1], 2.0)
+    alone = deepfreak.train(data, tmp_path / "alone", cfg, save_best=False, progress=False, threads=1,
+                            frame_store_mib=0)
+    assert [e["val_loss"] for e in alone.history] == [e["val_loss"] for e in second["info"]["history"]]
+    evals = [p for p in (tmp_path / "evals").iterdir() if (p / "checkpoint" / "weights.2.safetensors").exists()]
+    a = load_file(evals[0] / "checkpoint" / "weights.2.safetensors")
+    b = load_file(tmp_path / "alone" / "checkpoint" / "weights.2.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a store of another binning is refused by train
+    with pytest.raises(ValueError, match="binned 2 × 2 by max"):
+        deepfreak.train(ds, tmp_path / "other", deepfreak.TrainConfig(topology=8, binning=1, max_train=16,
+                                                                      max_val=8, epochs=1), frames=frames)

@@ -369,3 +369,61 @@ def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, cap
     model.network.topology = dataclasses.replace(dfk.TOPOLOGIES[0], filters=4)
     with pytest.raises(ValueError, match="none of the 13"):
         dfk.benchmark(threads=(1,), min_seconds=0.01, model=model)
+
+
+@pytest.mark.parametrize("binning, mode", [(1, "mean"), (2, "mean"), (2, "max"), (4, "mean"), (4, "max")])
+def test_the_frame_store_serves_exactly_what_binning_the_file_gives(tiny_set, binning, mode):
+    with dataset.open_dataset(tiny_set) as ds:
+        indices = ds.indices("train")
+        frames = dfk.BinnedFrames(ds, binning, mode, indices)
+        assert frames.enabled and frames.nbytes > 0
+        order = np.random.default_rng(1).permutation(indices)
+        for _ in range(2):  # the first pass reads, the second serves from memory
+            for x, labels, chunk in frames.batches(order, 7):
+                images, want_labels, want_chunk = next(ds.batches(chunk, len(chunk)))
+                expected = dfk.bin_images(images, binning, mode)
+                assert x.dtype == np.float32 and np.array_equal(x, expected)
+                assert np.array_equal(labels, want_labels) and np.array_equal(chunk, want_chunk)
+        assert frames.reads == len(indices)  # every frame read once
+        with pytest.raises(ValueError, match="outside"):
+            next(frames.batches(ds.indices("test")[:2], 2))
+        # too little memory: nothing is kept, every pass reads, and the floats are the same
+        small = dfk.BinnedFrames(ds, binning, mode, indices, max_mib=0)
+        assert not small.enabled and small.nbytes == 0
+        for _ in range(2):
+            for x, _, chunk in small.batches(order, 7):
+                assert np.array_equal(x, dfk.bin_images(next(ds.batches(chunk, len(chunk)))[0], binning, mode))
+        assert small.reads == 2 * len(indices)
+
+
+def test_training_gives_the_same_weights_with_the_frame_store_or_without(tiny_set, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    out, stored = trained
+    assert stored.history[0]["train_loss"] > 0
+    config = dfk.TrainConfig(**TINY, epochs=2)
+    read = dfk.train(tiny_set, tmp_path / "read", config, progress=False, threads=1, frame_store_mib=0)
+    a = load_file(out / "checkpoint" / "weights.2.safetensors")
+    b = load_file(tmp_path / "read" / "checkpoint" / "weights.2.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for x, y in zip(stored.history, read.history):
+        assert x["train_loss"] == y["train_loss"] and x["val_accuracy"] == y["val_accuracy"]
+    with dataset.open_dataset(tiny_set) as ds:
+        frames = dfk.BinnedFrames(ds, 2, "max", ds.indices("train"))
+        with pytest.raises(ValueError, match="binned 2 × 2 by max"):
+            dfk.mean_image(ds, ds.indices("train"), 2, "mean", frames=frames)
+
+
+def test_the_frame_benchmark_times_the_file_and_the_store_in_one_run(tiny_set, capsys):
+    with dataset.open_dataset(tiny_set) as ds:
+        result = dfk.benchmark_frames(ds, top=8, binning=2, mode="max", batch=8, n_frames=40, rounds=1)
+    assert result["frames"] == 40 and result["store_mib"] == pytest.approx(40 * 32 * 32 / 2**20)
+    for key in ("load_frames_per_s_file", "load_frames_per_s_store", "train_frames_per_s_file",
+                "train_frames_per_s_store"):
+        assert 0 < result[key] < math.inf
+    assert result["train_speedup"] == result["train_frames_per_s_store"] / result["train_frames_per_s_file"]
+    with dataset.open_dataset(tiny_set) as ds, pytest.raises(ValueError, match="two batches"):
+        dfk.benchmark_frames(ds, batch=8, n_frames=10)
+    assert cli.main(["bench", "sim", "--data", str(tiny_set)]) == 2
+    assert "--data is for bench deepfreak only" in capsys.readouterr().err
