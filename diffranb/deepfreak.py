@@ -1455,3 +1455,39 @@ def describe_report(record: dict) -> str:
                      f"peak memory {max(e['max_rss_mib'] for e in history) / 1024:.2f} GiB")
     lines += ["", evaluate.format_report({"DeepFreak": record["test"]})]
     return "\n".join(lines)
+
+
+def compare_records(records: dict) -> str:
+    """Full-scale records of :func:`report` side by side, as a Markdown table: how each was configured and
+    trained, and its test figures next to the paper's.
+
+    Parameters
+    ----------
+    records : dict
+        Name → record (:func:`load_report`); ``None`` values are skipped.
+
+    Returns
+    -------
+    str
+        One row per record, then the paper's.
+    """
+    from .bohb import describe_config
+    from .evaluate import PAPER
+
+    rows = ["| run | configuration | input | epochs | training (min) | test accuracy | binary | macro-F1 |",
+            "|---|---|---|---|---|---|---|---|"]
+    shown = {name: r for name, r in records.items() if r is not None}
+    if not shown:
+        raise ValueError("compare_records: no record to compare")
+    for name, r in shown.items():
+        cfg, t = r["train_config"] or {}, r["test"]
+        history = r.get("history") or []
+        minutes = f"{sum(e['seconds'] for e in history) / 60:.0f}" if history else "—"
+        chosen = "BOHB: " if r.get("bohb") else "by hand: "
+        side = f"binned {cfg['binning']}× by {cfg.get('bin_mode', 'mean')}" if cfg else "—"
+        rows.append(f"| {name} | {chosen}{describe_config(cfg) if cfg else '—'} | {side} | "
+                    f"{cfg.get('epochs', '—')} | {minutes} | {100 * t['accuracy']:.2f} % | "
+                    f"{100 * t['binary_accuracy']:.2f} % | {t['macro_f1']:.3f} |")
+    rows.append(f"| paper | BOHB, 9 GPU-days | full frames | | | {PAPER['test_accuracy']['DeepFreak']:.2f} % | "
+                f"{PAPER['binary_accuracy']:.2f} % | |")
+    return "\n".join(rows)

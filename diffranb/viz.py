@@ -779,6 +779,35 @@ def plot_bohb(runs, *, ax: Axes | None = None, best: int = 3) -> Axes:
     return ax
 
 
+def plot_validation_curves(histories: dict, *, ax: Axes | None = None, target: float | None = None) -> Axes:
+    """Validation accuracy per epoch of several training runs on one plot, to compare them.
+
+    Parameters
+    ----------
+    histories : dict
+        Run name → training history (``epoch``, ``val_accuracy``), e.g. a record's ``history``.
+    ax : Axes, optional
+    target : float, optional
+        An accuracy to draw as a dashed line, per cent (e.g. the paper's test figure).
+
+    Returns
+    -------
+    Axes
+    """
+    if not histories:
+        raise ValueError("plot_validation_curves: no run to draw")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+    for name, history in histories.items():
+        ax.plot([e["epoch"] for e in history], [100 * e["val_accuracy"] for e in history], "o-", ms=3, label=name)
+    if target is not None:
+        ax.axhline(target, color="0.3", ls="--", lw=1, label=f"paper's test figure ({target:.2f} %)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize="small")
+    return ax
+
+
 def plot_learning_curves(history, *, axes=None) -> np.ndarray:
     """Loss (left) and accuracy (right) on the training and validation frames per epoch, as DeepFreak's
     Figure 4; dotted lines mark where the learning rate drops.

@@ -126,7 +126,8 @@ def test_classic_tuning(tmp_path):
 @needs("05_deepfreak")
 def test_deepfreak(tmp_path):
     values = run_chapter("05_deepfreak", tmp_path, N_IMAGES=60, PIXELS=128, DATA_DIR=str(tmp_path), BINNING=2,
-                         MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, FULL_RESULTS=str(tmp_path / "no-full-run"))
+                         MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, FULL_RESULTS=str(tmp_path / "no-full-run"),
+                         OTHER_RESULTS=",".join(str(REPO / "results" / d) for d in ("deepfreak-hand", "deepfreak-bin2")))
     print(f"chapter 5: {values['n_evaluations']} BOHB evaluations in {values['search_minutes']} min, "
           f"{values['train_images_per_s']} training frames/s")
     assert values["n_topologies"] == 13 and values["chosen_gmacs"] == 14.14  # the paper's topology 8 at 512²
@@ -138,3 +139,5 @@ def test_deepfreak(tmp_path):
     assert 0 < values["max_rss_mib"] < 4096
     assert len(values["attention_peak"]) == 5 and all(0 <= p <= 1.000001 for p in values["attention_peak"])
     assert values["full_scale_committed"] is False
+    committed = [d for d in ("deepfreak-hand", "deepfreak-bin2") if (REPO / "results" / d / "metrics.json").is_file()]
+    assert values["n_other_runs"] == len(committed)  # the other committed runs are compared all the same

@@ -345,6 +345,21 @@ def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path)
     (tmp_path / "bad" / "metrics.json").write_text('{"test": {}}')
     with pytest.raises(ValueError, match="not a record"):
         dfk.load_report(tmp_path / "bad")
+    # several records side by side: a table and their validation curves
+    searched = {**older, "train_config": {**saved["train_config"], "binning": 2, "bin_mode": "max"}}
+    table = dfk.compare_records({"hand": saved, "searched": searched, "missing": None})
+    lines = table.splitlines()
+    assert len(lines) == 2 + 2 + 1 and lines[-1].startswith("| paper |") and "98.51 %" in lines[-1]
+    assert lines[2].startswith("| hand | by hand: topology 9 (8 filters") and "binned 1× by mean" in lines[2]
+    assert lines[3].startswith("| searched | BOHB: ") and "binned 2× by max" in lines[3]
+    assert f"{100 * saved['test']['accuracy']:.2f} %" in lines[2]
+    with pytest.raises(ValueError, match="no record"):
+        dfk.compare_records({"missing": None})
+    ax = viz.plot_validation_curves({"hand": saved["history"], "searched": searched["history"]}, target=98.51)
+    assert len(ax.lines) == 3 and [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["hand", "searched"]
+    assert list(ax.lines[0].get_ydata()) == [100 * e["val_accuracy"] for e in saved["history"]]
+    with pytest.raises(ValueError, match="no run"):
+        viz.plot_validation_curves({})
 
 
 def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, capsys):
