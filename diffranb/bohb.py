@@ -218,8 +218,8 @@ class DeepFreakObjective:
                          "seconds": result.seconds, "settings": self.settings()}}
 
 
-#: Per process: the open data set and its store of binned frames for each objective's settings, kept across
-#: evaluations so that a worker reads each training and validation frame of its subsets once per search.
+#: Per process: the open data set and its store of binned frames for the latest objective's settings, kept
+#: across evaluations so that a worker reads each training and validation frame of its subsets once per search.
 _FRAME_STORES = {}
 
 
@@ -234,6 +234,9 @@ def _frame_store(objective: DeepFreakObjective):
     key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size, objective.binning, objective.bin_mode,
            objective.max_train, objective.max_val, objective.seed)
     if key not in _FRAME_STORES:
+        for old_ds, _ in _FRAME_STORES.values():  # a worker serves one search: keep one store at a time
+            old_ds.close()
+        _FRAME_STORES.clear()
         ds = open_dataset(objective.data)
         indices = np.concatenate([subset(ds, "train", objective.max_train, objective.seed),
                                   subset(ds, "val", objective.max_val, objective.seed)])

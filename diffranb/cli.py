@@ -196,15 +196,17 @@ def _add_classic_commands(sub) -> None:
     which.add_argument("--model", help="model directory (with model.json)")
     which.add_argument("--ideal-counter", nargs="?", const="count", metavar="METHOD",
                        choices=dataset.IDEAL_METHODS,
-                       help="instead of a model, an ideal integrator that knows where every reflection falls "
-                            "(dataset.IdealCounter), a reference for the classifiers. METHOD: count (default; "
-                            "counts reflections measuring I/σ ≥ 3), posterior (also knows the frame's spread of "
-                            "spot strengths; undoes the count's bias) or scale (also knows each reflection's "
-                            "expected strength up to the crystal's volume)")
+                       help="instead of a model, an integrator that is given where every reflection falls "
+                            "and its background (dataset.IdealCounter), a reference for the classifiers. METHOD: "
+                            "count (default; counts reflections measuring I/σ ≥ 3), calibrated (counts at several "
+                            "I/σ levels, class learnt from them on the training split) or scale (an oracle also "
+                            "given each reflection's expected strength up to the crystal's volume)")
     p.add_argument("--seed", type=int, default=0, help="with --ideal-counter: seed of its noise draws")
     p.add_argument("--data", required=True, help="a data set built by `diffranb generate`")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--record", metavar="FILE", help="also write a record (JSON): this command, what was tested, "
+                                                  "diffranb's version, the wall time and the metrics")
     p.set_defaults(func=_evaluate)
 
 
@@ -262,12 +264,23 @@ def _tune_hyperopt(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from . import dataset, evaluate
+    import time
 
+    from . import __version__, dataset, evaluate
+
+    start = time.perf_counter()
+    if args.record and Path(args.record).exists():
+        raise ValueError(f"--record {args.record!r} exists: refusing to overwrite it")
     with dataset.open_dataset(args.data) as ds:
         model = dataset.IdealCounter.for_dataset(ds, args.seed, args.ideal_counter) if args.ideal_counter else \
             evaluate.load_model(args.model)
         result = evaluate.evaluate_model(model, ds, args.split)
+    if args.record:
+        what = (f"dataset.IdealCounter, method {args.ideal_counter}, noise seed {args.seed}"
+                if args.ideal_counter else f"the {model.kind} model in {args.model}")
+        Path(args.record).write_text(json.dumps({
+            "command": args.command_line, "what": what, "diffranb_version": __version__,
+            "wall_seconds": time.perf_counter() - start, "metrics": result}, indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -866,15 +866,62 @@ def assign(config: BuildConfig) -> tuple[np.ndarray, np.ndarray]:
     col_left = split_counts - table.sum(0)
     for flat in np.argsort(-(ideal - table), axis=None, kind="stable"):
         r, c = divmod(int(flat), len(SPLITS))
-        if row_left[r] > 0 and col_left[c] > 0:
+        if row_left[r] > 0 and col_left[c] > 0 and ideal[r, c] > table[r, c]:  # whole cells stay as they are
             table[r, c] += 1
             row_left[r] -= 1
             col_left[c] -= 1
+    _complete_rounding(table, ideal, row_left, col_left)
     split = np.empty(n, dtype=np.uint8)
     for r, code in enumerate(codes):
         members = np.flatnonzero(targets == code)
         split[members] = rng.permutation(np.repeat(np.arange(len(SPLITS), dtype=np.uint8), table[r]))
     return targets, split
+
+
+def _complete_rounding(table, ideal, row_left, col_left) -> None:
+    """Finish a controlled rounding of ``ideal`` that the greedy pass left short, in place.
+
+    Every cell with a fractional part may be rounded up by one at most; whole cells stay. When a row still
+    lacks a unit whose columns are all full,
+    an augmenting path moves units: up in this row at a column c₁, down in a row r₁ that was rounded up at
+    c₁, up in r₁ at c₂, …, until a column with a unit left. Row and column sums then stay exact. A 2-D
+    table always has such a rounding (Cox, J. Am. Stat. Assoc. 82, 520–524, 1987). Cells the greedy pass
+    rounded are only moved when it fell short, so sets it could round come out unchanged.
+    """
+    n_rows, n_cols = table.shape
+    floor = np.floor(ideal)
+    while row_left.max(initial=0) > 0:
+        start = int(np.flatnonzero(row_left > 0)[0])
+        up = (table == floor) & (ideal > floor)  # cells that can still be rounded up
+        came_from = {("r", start): None}
+        queue, end = [("r", start)], None
+        while queue and end is None:
+            kind, i = queue.pop(0)
+            if kind == "r":
+                for c in range(n_cols):
+                    if up[i, c] and ("c", c) not in came_from:
+                        came_from[("c", c)] = ("r", i)
+                        if col_left[c] > 0:
+                            end = ("c", c)
+                            break
+                        queue.append(("c", c))
+            else:
+                for r in range(n_rows):
+                    if table[r, i] > floor[r, i] and ("r", r) not in came_from:
+                        came_from[("r", r)] = ("c", i)
+                        queue.append(("r", r))
+        if end is None:
+            raise RuntimeError("controlled rounding: no augmenting path (the table's margins disagree)")
+        node = end
+        while came_from[node] is not None:
+            prev = came_from[node]
+            if node[0] == "c":  # row prev → column node: round this cell up
+                table[prev[1], node[1]] += 1
+            else:  # column prev → row node: give this cell's unit back
+                table[node[1], prev[1]] -= 1
+            node = prev
+        row_left[start] -= 1
+        col_left[end[1]] -= 1
 
 
 def shard_bounds(n_images: int, shard_size: int | None = None) -> list[tuple[int, int]]:
@@ -1365,42 +1412,44 @@ def open_dataset(path) -> Dataset:
     return Dataset(path)
 
 
-#: How :class:`IdealCounter` estimates a frame's count of significant reflections, from what it knows least to
-#: what it knows most (see the class).
-IDEAL_METHODS = ("count", "posterior", "scale")
+#: How :class:`IdealCounter` estimates a frame's class (see the class).
+IDEAL_METHODS = ("count", "calibrated", "scale")
 
-#: Log-spaced bins of the posterior method's prior over a frame's expected reflection signals.
-POSTERIOR_BINS = 256
+#: I/σ levels at which the calibrated method counts a frame's measured reflections.
+IDEAL_LEVELS = (1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0)
 
 
 class IdealCounter:
-    """The class an ideal integrator would give each frame: references for what a classifier can reach.
+    """The class an integrator that is given every spot's position would give each frame: references for the
+    classifiers, which must find the spots themselves.
 
     The classes are cut on the number of reflections whose *expected* signal has I/σ ≥ k (the noiseless
     truth). A frame shows one noisy realisation: a reflection just above the threshold may measure below it,
-    and one below may measure above. The ideal integrator knows every spot's position and the exact
-    background; for each reflection of the frame's crystal (:func:`reflection_table`) it draws the photons in
-    its box, Poisson(S + B), and the read-out noise of the box, Normal(0, n_box·σ_read²), and subtracts B:
-    I = measured − B, with variance S + floor (floor = B + n_box·σ_read²). The three methods then estimate
-    the count from the same draws, each knowing more than the last:
+    and one below may measure above. The integrator is given where every reflection of the frame's crystal
+    falls and the exact background under it (:func:`reflection_table`). It draws the photons in each box,
+    Poisson(S + B), and the read-out noise of the box, Normal(0, n_box·σ_read²), and subtracts B:
+    I = measured − B. It then estimates the class by one of three methods, from the same draws:
 
-    - ``"count"``: counts the reflections that measure I ≥ k·σ, σ² = max(I, 0) + floor. It knows positions and
-      backgrounds only. Many more reflections sit just below the threshold than just above, so the count is
-      biased upwards near every cut.
-    - ``"posterior"``: also knows the frame's *distribution* of expected signals (a histogram of S over its
-      reflections, :data:`POSTERIOR_BINS` log-spaced bins), but not which reflection has which. It sums,
-      over the reflections, the posterior probability that the expected signal reaches its threshold S*,
-      P(S ≥ S* | I), with that histogram as prior and a normal likelihood N(I; S, S + floor), and rounds the
-      sum. This removes the counter's bias; what remains is the noise of one exposure.
-    - ``"scale"``: knows each reflection's expected signal per mosaic block (the crystal's structure factors,
-      partialities and orientation: a full model of the crystal), and only the number of blocks, i.e. the
-      crystal's volume, is unknown. It fits that number to all measured I by weighted least squares with
-      weights 1/(n·p + floor), iterated to convergence, and counts the reflections whose threshold volume
-      the fit reaches. Hundreds of reflections pin one number, so this is close to the information limit.
+    - ``"count"``: counts the reflections that measure I ≥ k·σ, σ² = max(I, 0) + B + n_box·σ_read², and cuts
+      that count at the set's cuts. Near a cut more reflections sit just below the threshold than just above,
+      so this count is biased upwards.
+    - ``"calibrated"``: counts the reflections that measure I/σ ≥ each of :data:`IDEAL_LEVELS`, and a
+      multinomial logistic regression (scikit-learn's defaults, on the standardised log(1 + count)) learns the
+      class from those counts on the training split's crystal frames (:meth:`fit`). It is given nothing about a test frame beyond the spot positions and backgrounds, and it
+      learns the count's bias instead of suffering it.
+    - ``"scale"``: is also given each reflection's expected signal per mosaic block (the crystal's structure
+      factors, orientation and partialities: a full model of the crystal), so only the crystal's volume is
+      unknown. It fits that volume to all measured I by weighted least squares (:func:`fit_blocks`) and
+      counts the reflections whose threshold volume the fit reaches. An oracle far beyond any classifier:
+      it says how precisely one exposure pins the class when everything else is known.
 
-    Frames without X-rays are blank; frames without a crystal are no-crystal for every method; ice frames
-    keep their ice label. The detector's gain pattern and point spread, which a real integrator also faces,
-    are left out: the references are optimistic about positions and pessimistic about nothing else.
+    Frames without X-rays are blank and ice frames keep their ice label. A frame without a crystal has no
+    reflections to measure, so it is no-crystal for every method: being given the positions tells the
+    integrator whether there is a crystal, and its binary accuracy ("diffraction or not") is therefore
+    meaningless. It is optimistic in other ways too: it measures photons, not the 8-bit frames the classifiers
+    see (clipped at :data:`ADU_ZERO`, saturated at :data:`ADU_FULL`), it ignores the detector's gain pattern
+    and point spread, and it knows the background exactly. It draws its own noise (seed ``seed``), with the
+    statistics of the frame's, not the frame's own pixels.
 
     It has the interface of a saved model for :func:`diffranb.evaluate.evaluate_model`.
 
@@ -1424,11 +1473,14 @@ class IdealCounter:
             raise ValueError(f"method = {method!r}: must be one of {IDEAL_METHODS}")
         self.classes, self.cuts, self.seed, self.method = tuple(classes), cuts, int(seed), method
         self.kind = "ideal-counter" if method == "count" else f"ideal-counter ({method})"
+        self.classifier = None  # the calibrated method's, once fitted
 
     @classmethod
     def for_dataset(cls, ds: Dataset, seed: int = 0, method: str = "count") -> IdealCounter:
-        """The ideal counter of an open data set (its classes and cuts)."""
-        return cls(ds.classes, ds.config.cuts, seed, method)
+        """The ideal counter of an open data set (its classes and cuts); the calibrated method is fitted on the
+        set's training split."""
+        counter = cls(ds.classes, ds.config.cuts, seed, method)
+        return counter.fit(ds) if method == "calibrated" else counter
 
     def measure(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> tuple:
         """One measurement of every reflection of frame ``index`` (a crystal frame; its stored parameters
@@ -1453,20 +1505,57 @@ class IdealCounter:
             - background
         return table, signal, intensity
 
+    def level_counts(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges(),
+                     levels=IDEAL_LEVELS) -> np.ndarray:
+        """How many reflections of frame ``index`` measure I/σ ≥ each of ``levels`` (σ² = max(I, 0) + floor);
+        zeros without a crystal. (len(levels),) int64."""
+        if not row["has_crystal"]:
+            return np.zeros(len(levels), dtype=np.int64)
+        table, _, intensity = self.measure(row, index, pixels=pixels, ranges=ranges)
+        z = intensity / np.sqrt(np.maximum(intensity, 0.0) + table["noise_floor"])
+        return np.count_nonzero(z[:, None] >= np.asarray(levels, dtype=np.float64)[None, :], axis=0)
+
     def measured_count(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> int:
-        """This method's estimate of how many reflections of frame ``index`` (its stored parameters ``row``,
-        drawn at ``pixels`` with ``ranges``) reach I/σ ≥ k; 0 without a crystal."""
+        """The count or scale method's estimate of how many reflections of frame ``index`` (its stored
+        parameters ``row``, drawn at ``pixels`` with ``ranges``) reach I/σ ≥ k; 0 without a crystal."""
+        if self.method == "calibrated":
+            raise ValueError("measured_count: the calibrated method estimates a class, not a count")
         if not row["has_crystal"]:
             return 0
-        table, signal, intensity = self.measure(row, index, pixels=pixels, ranges=ranges)
-        k = self.cuts.min_i_over_sigma
         if self.method == "count":
-            sigma = np.sqrt(np.maximum(intensity, 0.0) + table["noise_floor"])
-            return int(np.count_nonzero(intensity >= k * sigma))
-        if self.method == "posterior":
-            return int(np.rint(posterior_count(signal, intensity, table["noise_floor"], k)))
+            return int(self.level_counts(row, index, pixels=pixels, ranges=ranges,
+                                         levels=(self.cuts.min_i_over_sigma,))[0])
+        table, _, intensity = self.measure(row, index, pixels=pixels, ranges=ranges)
         blocks = fit_blocks(table["photons_per_block"], intensity, table["noise_floor"])
         return int(np.count_nonzero(table["threshold_blocks"] <= blocks))
+
+    def _level_matrix(self, ds: Dataset, indices, columns, progress: bool, desc: str) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        out = np.zeros((len(indices), len(IDEAL_LEVELS)), dtype=np.int64)
+        for n, i in enumerate(tqdm(indices, desc=desc, unit="img", disable=not progress)):
+            out[n] = self.level_counts({name: columns[name][i] for name in columns}, i, pixels=ds.config.pixels,
+                                       ranges=ds.config.ranges)
+        return out
+
+    def fit(self, ds: Dataset, indices=None, *, progress: bool = False) -> IdealCounter:
+        """Fit the calibrated method's classifier on the crystal frames among ``indices`` (default: the
+        training split) that do not carry the ice label. Returns ``self``."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if self.method != "calibrated":
+            raise ValueError(f"fit: the {self.method} method learns nothing")
+        indices = ds.indices("train") if indices is None else np.asarray(indices, dtype=np.int64)
+        columns = ds.columns()
+        keep = indices[(columns["x_rays"][indices] == 1) & (columns["has_crystal"][indices] == 1)
+                       & (ds.labels[indices] != ALL_CLASSES.index(ICE))]
+        if len(np.unique(ds.labels[keep])) < 2:
+            raise ValueError(f"fit: the {len(keep)} crystal frames hold fewer than two classes")
+        x = np.log1p(self._level_matrix(ds, keep, columns, progress, "calibrating"))
+        self.classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, ds.labels[keep])
+        return self
 
     def predict_dataset(self, ds: Dataset, indices, *, progress: bool = False) -> np.ndarray:
         """Label codes of frames ``indices`` of an open data set, (n,) int64."""
@@ -1474,12 +1563,23 @@ class IdealCounter:
 
         indices = np.asarray(indices, dtype=np.int64)
         columns = ds.columns()
+        ice = ICE in self.classes
+        if self.method == "calibrated":
+            if self.classifier is None:
+                raise ValueError("predict_dataset: the calibrated method must be fitted first (fit)")
+            codes = self.classifier.predict(np.log1p(self._level_matrix(ds, indices, columns, progress, self.kind)))
+            codes = np.where(columns["has_crystal"][indices] == 0, ALL_CLASSES.index("no-crystal"), codes)
+            codes = np.where(columns["x_rays"][indices] == 0, ALL_CLASSES.index("blank"), codes)
+            if ice:
+                codes = np.where(np.asarray(columns["ice_contrast"][indices]) >= self.cuts.ice_contrast,
+                                 ALL_CLASSES.index(ICE), codes)
+            return codes.astype(np.int64)
         counts = np.zeros(len(indices), dtype=np.int64)
         for n, i in enumerate(tqdm(indices, desc=self.kind, unit="img", disable=not progress)):
             counts[n] = self.measured_count({name: columns[name][i] for name in columns}, i,
                                             pixels=ds.config.pixels, ranges=ds.config.ranges)
         codes = label_codes(columns["x_rays"][indices], counts, columns["ice_contrast"][indices], cuts=self.cuts,
-                            ice=ICE in self.classes)
+                            ice=ice)
         return codes.astype(np.int64)
 
 
@@ -1488,58 +1588,6 @@ def significance_threshold(noise_floor, k: float = 3.0) -> np.ndarray:
     S/σ = k, S* = (k² + √(k⁴ + 4k²·floor))/2 (see :func:`reflection_table`)."""
     k2 = float(k) ** 2
     return 0.5 * (k2 + np.sqrt(k2 * k2 + 4.0 * k2 * np.asarray(noise_floor, dtype=np.float64)))
-
-
-def posterior_count(signal, intensity, noise_floor, k: float = 3.0, *, bins: int = POSTERIOR_BINS,
-                    chunk: int = 4096) -> float:
-    """Expected number of reflections whose expected signal reaches S/σ ≥ k, given one measurement of each.
-
-    The prior of every reflection's expected signal is the histogram of ``signal`` over the frame (zero kept
-    as its own atom, the rest in ``bins`` log-spaced bins, each at its geometric centre); the likelihood of a
-    measured I is normal, N(I; S, S + floor). The result is Σ P(S_i ≥ S*_i | I_i) with S* from
-    :func:`significance_threshold`.
-
-    Parameters
-    ----------
-    signal, intensity, noise_floor : (n,) arrays, photons (floor in photons²)
-        Expected signal, measured intensity (background subtracted) and box variance without the signal.
-    k : float
-    bins : int
-    chunk : int
-        Reflections per block of the (n × bins) computation, bounding memory.
-
-    Returns
-    -------
-    float
-    """
-    signal = np.asarray(signal, dtype=np.float64)
-    intensity = np.asarray(intensity, dtype=np.float64)
-    floor = np.asarray(noise_floor, dtype=np.float64)
-    if signal.shape != intensity.shape or signal.shape != floor.shape:
-        raise ValueError("posterior_count: signal, intensity and noise_floor must have one shape")
-    if signal.size == 0:
-        return 0.0
-    positive = signal[signal > 0]
-    centres, weights = [0.0], [float(np.count_nonzero(signal <= 0))]
-    if positive.size:
-        lo, hi = float(positive.min()), float(positive.max())
-        edges = np.geomspace(lo, hi * (1 + 1e-9) + 1e-300, bins + 1) if hi > lo else np.array([lo, lo * 2])
-        w, _ = np.histogram(positive, edges)
-        mid = np.sqrt(edges[:-1] * edges[1:]) if hi > lo else np.array([lo])
-        centres += list(mid[w > 0])
-        weights += list(w[w > 0].astype(np.float64))
-    centres, weights = np.asarray(centres), np.asarray(weights)
-    keep = weights > 0
-    centres, log_w = centres[keep], np.log(weights[keep])
-    needed = significance_threshold(floor, k)
-    total = 0.0
-    for a in range(0, signal.size, chunk):
-        i, f, s_star = intensity[a:a + chunk, None], floor[a:a + chunk, None], needed[a:a + chunk, None]
-        var = centres[None, :] + f
-        log_p = -0.5 * (i - centres[None, :]) ** 2 / var - 0.5 * np.log(var) + log_w[None, :]
-        p = np.exp(log_p - log_p.max(axis=1, keepdims=True))
-        total += float(np.sum(np.sum(p * (centres[None, :] >= s_star), axis=1) / np.sum(p, axis=1)))
-    return total
 
 
 def fit_blocks(photons_per_block, intensity, noise_floor, *, max_iterations: int = 100,
@@ -1552,7 +1600,7 @@ def fit_blocks(photons_per_block, intensity, noise_floor, *, max_iterations: int
     Parameters
     ----------
     photons_per_block, intensity, noise_floor : (n,) arrays
-        p (photons per block), measured I (photons, background subtracted), floor (photons²).
+        p (photons per block), measured I (photons, background subtracted), floor (photons², > 0).
 
     Returns
     -------
@@ -1561,6 +1609,8 @@ def fit_blocks(photons_per_block, intensity, noise_floor, *, max_iterations: int
     p = np.asarray(photons_per_block, dtype=np.float64)
     i = np.asarray(intensity, dtype=np.float64)
     floor = np.asarray(noise_floor, dtype=np.float64)
+    if np.any(floor <= 0):
+        raise ValueError("fit_blocks: every noise floor must be > 0 (background and read-out noise)")
     pp = float(np.dot(p, p))
     if pp <= 0:
         return 0.0

@@ -17,13 +17,15 @@ is what a CPU needs:
   validation frames are scored, and a checkpoint (safetensors + JSON) is written atomically, so a run
   killed at any point continues from its last finished epoch with the same weights an uninterrupted run
   would have; the model with the best validation accuracy is what is saved.
-- **Speed** on two cores (``diffranb bench deepfreak``, chosen topology): about 20 training frames/s binned
-  4× (128² input, 1.7 GB resident), 1 frame/s at full resolution (7.6 GB resident at batch 16: memory grows
+- **Speed** on two cores (``diffranb bench deepfreak``, chosen topology, random inputs): about 20 training
+  frames/s binned 4× (128² input), 1 frame/s at full resolution (7.6 GB resident at batch 16: memory grows
   with the batch, and the paper's winners used batches of 1 and 2); inference on 512² frames 4–5 frames/s.
-- **Frames kept in memory** (:class:`BinnedFrames`). Reading a frame from the compressed set costs about
-  10 ms, more than a training step on a binned frame, so :func:`train` keeps the binned training and validation
-  frames after the first epoch (200 MiB at 4× binning): later epochs of a small topology run 2–3× faster, with
-  the same weights (``diffranb bench deepfreak --data``).
+- **Frames kept in memory** (:class:`BinnedFrames`). Reading a frame from the compressed set and mapping it to
+  8 bits costs more than a training step of a small topology on a binned frame, so :func:`train` keeps the
+  binned training and validation frames after the first epoch, with the same weights. For DiffraNet's 12,400
+  training and validation frames that is 194 MiB at 4× binning by the maximum (uint8) and 388 MiB by the mean
+  (uint16 sums); ``diffranb bench deepfreak --data`` times training from the file and from memory in one run
+  (``results/deepfreak-bin2/README.md`` records it).
 - **Saved models** are a directory: ``model.json`` (``kind``, ``classes``, ``dataset_hash``, topology,
   preprocessing, training history) and ``model.safetensors`` (weights and mean image). Loading unpickles
   nothing (:func:`load_model`).
@@ -417,9 +419,9 @@ def binned_to_input(codes, binning: int, mode: str) -> np.ndarray:
     return codes.astype(np.float32) / np.float32(255 * binning * binning)
 
 
-#: Default memory for :class:`BinnedFrames` in :func:`train`, MiB: the binned frames of the whole training and
-#: validation splits (12,400 frames) take 200 MiB at 4× binning and 800 MiB (max) or 1.6 GiB (mean) at 2×; full
-#: frames (3.2 GB) do not fit and are read from the file every epoch.
+#: Default memory for :class:`BinnedFrames` in :func:`train`, MiB. DiffraNet's 12,400 training and validation
+#: frames take 194 MiB (max, uint8) or 388 MiB (mean, uint16) at 4× binning, 775 MiB or 1.5 GiB at 2×; full
+#: frames (3.0 GiB) do not fit and are read from the file every epoch.
 FRAME_STORE_MIB = 2048
 
 
@@ -1323,6 +1325,7 @@ def benchmark_frames(ds, *, top: int = CHOSEN_TOPOLOGY, binning: int = 4, mode: 
             torch.nn.functional.cross_entropy(net(_as_input(x)), torch.from_numpy(code_to_output[labels])).backward()
             opt.step()
 
+    steps(store)  # warm-up: torch's first steps allocate and choose their kernels
     best = {}
     for _ in range(rounds):
         for what, fn in (("load", load), ("train", steps)):
@@ -1483,7 +1486,7 @@ def compare_records(records: dict) -> str:
         cfg, t = r["train_config"] or {}, r["test"]
         history = r.get("history") or []
         minutes = f"{sum(e['seconds'] for e in history) / 60:.0f}" if history else "—"
-        chosen = "BOHB: " if r.get("bohb") else "by hand: "
+        chosen = "BOHB: " if r.get("bohb") else "set by hand: "
         side = f"binned {cfg['binning']}× by {cfg.get('bin_mode', 'mean')}" if cfg else "—"
         rows.append(f"| {name} | {chosen}{describe_config(cfg) if cfg else '—'} | {side} | "
                     f"{cfg.get('epochs', '—')} | {minutes} | {100 * t['accuracy']:.2f} % | "

@@ -74,9 +74,9 @@ def test_dataset(tmp_path):
     assert values["gallery_frames"] == 15  # three per class
     assert values["ice_share"] == 0.1 and (values["cut_weak"], values["cut_good"]) == (5, 40)
     assert (tmp_path / "diffranet_60_0_128px.h5").is_file() and (tmp_path / "diffranet_ice_30_0_128px.h5").is_file()
-    for method in ("count", "posterior", "scale"):  # blank and no-crystal frames (42 %) are always right
+    for method in ("count", "calibrated", "scale"):  # blank and no-crystal frames (42 %) are always right
         assert 50 <= values[f"ideal_{method}_accuracy"] <= 100
-    for method, name in (("count", "counter"), ("posterior", "posterior"), ("scale", "scale")):
+    for method, name in (("count", "counter"), ("calibrated", "calibrated"), ("scale", "scale")):
         record = REPO / "results" / "dataset" / f"ideal_{name}_test.json"
         if record.is_file():  # the committed full-scale references, shown as they are
             accuracy = json.loads(record.read_text())["metrics"]["accuracy"]

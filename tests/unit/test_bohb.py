@@ -266,7 +266,14 @@ def test_a_worker_reads_its_frames_once_across_evaluations(tmp_path):
     a = load_file(evals[0] / "checkpoint" / "weights.2.safetensors")
     b = load_file(tmp_path / "alone" / "checkpoint" / "weights.2.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the file written again (here: touched) is another set: a new store, and the old file is closed
+    st = os.stat(data)
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    ds2, frames2 = bohb._frame_store(objective)
+    assert frames2 is not frames and frames2.reads == 0 and len(bohb._FRAME_STORES) == 1
+    assert not ds._file.id.valid
+    ds = ds2
     # a store of another binning is refused by train
     with pytest.raises(ValueError, match="binned 2 × 2 by max"):
         deepfreak.train(ds, tmp_path / "other", deepfreak.TrainConfig(topology=8, binning=1, max_train=16,
-                                                                      max_val=8, epochs=1), frames=frames)
+                                                                      max_val=8, epochs=1), frames=frames2)
