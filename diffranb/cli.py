@@ -196,11 +196,12 @@ def _add_classic_commands(sub) -> None:
     which.add_argument("--model", help="model directory (with model.json)")
     which.add_argument("--ideal-counter", nargs="?", const="count", metavar="METHOD",
                        choices=dataset.IDEAL_METHODS,
-                       help="instead of a model, an integrator that is given where every reflection falls "
-                            "and its background (dataset.IdealCounter), a reference for the classifiers. METHOD: "
-                            "count (default; counts reflections measuring I/σ ≥ 3), calibrated (counts at several "
-                            "I/σ levels, class learnt from them on the training split) or scale (an oracle also "
-                            "given each reflection's expected strength up to the crystal's volume)")
+                       help="instead of a model, an integrator that is given whether there were X-rays and a "
+                            "crystal, where every reflection falls and its background (dataset.IdealCounter): a "
+                            "reference for the classifiers on the crystal frames. METHOD: count (default; counts "
+                            "reflections measuring I/σ ≥ 3), calibrated (counts at several I/σ levels, class "
+                            "learnt from them on the training split) or scale (an oracle also given each "
+                            "reflection's expected strength up to the crystal's volume)")
     p.add_argument("--seed", type=int, default=0, help="with --ideal-counter: seed of its noise draws")
     p.add_argument("--data", required=True, help="a data set built by `diffranb generate`")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
@@ -271,6 +272,10 @@ def _evaluate(args) -> int:
     start = time.perf_counter()
     if args.record and Path(args.record).exists():
         raise ValueError(f"--record {args.record!r} exists: refusing to overwrite it")
+    if args.record and not Path(args.record).resolve().parent.is_dir():
+        raise ValueError(f"--record {args.record!r}: its directory does not exist")
+    if args.ideal_counter == "calibrated" and args.split == "train":
+        raise ValueError("--ideal-counter calibrated learns from the training split: test it on val or test")
     with dataset.open_dataset(args.data) as ds:
         model = dataset.IdealCounter.for_dataset(ds, args.seed, args.ideal_counter) if args.ideal_counter else \
             evaluate.load_model(args.model)
@@ -278,6 +283,11 @@ def _evaluate(args) -> int:
     if args.record:
         what = (f"dataset.IdealCounter, method {args.ideal_counter}, noise seed {args.seed}"
                 if args.ideal_counter else f"the {model.kind} model in {args.model}")
+        if args.ideal_counter == "calibrated":
+            import sklearn
+
+            what += (f", fitted on the {model.n_fitted} crystal frames of the training split (scikit-learn "
+                     f"{sklearn.__version__})")
         Path(args.record).write_text(json.dumps({
             "command": args.command_line, "what": what, "diffranb_version": __version__,
             "wall_seconds": time.perf_counter() - start, "metrics": result}, indent=1) + "\n")

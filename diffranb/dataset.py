@@ -882,11 +882,11 @@ def _complete_rounding(table, ideal, row_left, col_left) -> None:
     """Finish a controlled rounding of ``ideal`` that the greedy pass left short, in place.
 
     Every cell with a fractional part may be rounded up by one at most; whole cells stay. When a row still
-    lacks a unit whose columns are all full,
-    an augmenting path moves units: up in this row at a column c₁, down in a row r₁ that was rounded up at
-    c₁, up in r₁ at c₂, …, until a column with a unit left. Row and column sums then stay exact. A 2-D
-    table always has such a rounding (Cox, J. Am. Stat. Assoc. 82, 520–524, 1987). Cells the greedy pass
-    rounded are only moved when it fell short, so sets it could round come out unchanged.
+    lacks a unit whose columns are all full, an augmenting path moves units: up in this row at a column c₁,
+    down in a row r₁ that was rounded up at c₁, up in r₁ at c₂, …, until a column with a unit left. Row and
+    column sums then stay exact. A 2-D table always has such a rounding (Cox, J. Am. Stat. Assoc. 82,
+    520–524, 1987). Cells the greedy pass rounded are only moved when it fell short, so tables it could
+    round come out unchanged.
     """
     n_rows, n_cols = table.shape
     floor = np.floor(ideal)
@@ -922,6 +922,8 @@ def _complete_rounding(table, ideal, row_left, col_left) -> None:
             node = prev
         row_left[start] -= 1
         col_left[end[1]] -= 1
+    if col_left.any():
+        raise RuntimeError("controlled rounding: columns left short (the table's margins disagree)")
 
 
 def shard_bounds(n_images: int, shard_size: int | None = None) -> list[tuple[int, int]]:
@@ -1434,19 +1436,22 @@ class IdealCounter:
       that count at the set's cuts. Near a cut more reflections sit just below the threshold than just above,
       so this count is biased upwards.
     - ``"calibrated"``: counts the reflections that measure I/σ ≥ each of :data:`IDEAL_LEVELS`, and a
-      multinomial logistic regression (scikit-learn's defaults, on the standardised log(1 + count)) learns the
-      class from those counts on the training split's crystal frames (:meth:`fit`). It is given nothing about a test frame beyond the spot positions and backgrounds, and it
-      learns the count's bias instead of suffering it.
+      multinomial logistic regression (scikit-learn's, defaults but ``max_iter=5000``, on the standardised
+      log(1 + count)) learns the class of a crystal frame from those counts on the training split's crystal
+      frames (:meth:`fit`). It is given what the count is given, and learns where to cut instead of using the
+      set's cuts on a biased count.
     - ``"scale"``: is also given each reflection's expected signal per mosaic block (the crystal's structure
       factors, orientation and partialities: a full model of the crystal), so only the crystal's volume is
       unknown. It fits that volume to all measured I by weighted least squares (:func:`fit_blocks`) and
       counts the reflections whose threshold volume the fit reaches. An oracle far beyond any classifier:
       it says how precisely one exposure pins the class when everything else is known.
 
-    Frames without X-rays are blank and ice frames keep their ice label. A frame without a crystal has no
-    reflections to measure, so it is no-crystal for every method: being given the positions tells the
-    integrator whether there is a crystal, and its binary accuracy ("diffraction or not") is therefore
-    meaningless. It is optimistic in other ways too: it measures photons, not the 8-bit frames the classifiers
+    Every method is *given* more than the pixels: whether the frame had X-rays (blank), whether it had a crystal
+    (a frame without one has no reflections to measure), the crystal's reflection positions and backgrounds, and,
+    with the ice class, the ice rings' contrast. So blank, no-crystal and ice frames are right by construction,
+    the calibrated method cannot call a crystal frame no-crystal (it learns only among crystal frames), and
+    the binary accuracy ("diffraction or not") and the five-class accuracy are not comparable with a
+    classifier's. Compare on the crystal frames (:func:`diffranb.evaluate.accuracy_among`). It is optimistic in other ways too: it measures photons, not the 8-bit frames the classifiers
     see (clipped at :data:`ADU_ZERO`, saturated at :data:`ADU_FULL`), it ignores the detector's gain pattern
     and point spread, and it knows the background exactly. It draws its own noise (seed ``seed``), with the
     statistics of the frame's, not the frame's own pixels.
@@ -1474,6 +1479,7 @@ class IdealCounter:
         self.classes, self.cuts, self.seed, self.method = tuple(classes), cuts, int(seed), method
         self.kind = "ideal-counter" if method == "count" else f"ideal-counter ({method})"
         self.classifier = None  # the calibrated method's, once fitted
+        self.n_fitted = 0  # frames it was fitted on
 
     @classmethod
     def for_dataset(cls, ds: Dataset, seed: int = 0, method: str = "count") -> IdealCounter:
@@ -1554,6 +1560,7 @@ class IdealCounter:
         if len(np.unique(ds.labels[keep])) < 2:
             raise ValueError(f"fit: the {len(keep)} crystal frames hold fewer than two classes")
         x = np.log1p(self._level_matrix(ds, keep, columns, progress, "calibrating"))
+        self.n_fitted = len(keep)
         self.classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, ds.labels[keep])
         return self
 

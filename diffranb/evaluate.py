@@ -61,6 +61,32 @@ def load_model(path):
     return importlib.import_module(KINDS[info["kind"]]).load_model(path)
 
 
+#: The classes of frames with a crystal in the beam.
+CRYSTAL_CLASSES = ("weak", "good", "strong")
+
+
+def accuracy_among(result: dict, among=CRYSTAL_CLASSES) -> float:
+    """Share of the frames of the classes ``among`` (true class) that were classified correctly, from a
+    :func:`metrics` result; an error into any class counts, also one outside ``among``.
+
+    Examples
+    --------
+    >>> m = metrics([0, 2, 2, 3], [0, 1, 2, 3], ["blank", "no-crystal", "weak", "good"])
+    >>> accuracy_among(m, ("weak", "good"))
+    0.6666666666666666
+    """
+    classes = list(result["classes"])
+    missing = [c for c in among if c not in classes]
+    if missing:
+        raise ValueError(f"accuracy_among: {missing} not among the result's classes {classes}")
+    rows = [classes.index(c) for c in among]
+    confusion = np.asarray(result["confusion"], dtype=np.int64)
+    total = int(confusion[rows].sum())
+    if total == 0:
+        raise ValueError(f"accuracy_among: no frame of {list(among)}")
+    return float(sum(confusion[r, r] for r in rows)) / total
+
+
 def metrics(y_true, y_pred, classes) -> dict:
     """Accuracy, confusion matrix, per-class precision / recall / F1, macro-F1 and the binary accuracy.
 

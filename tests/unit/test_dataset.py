@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffranb import cli, dataset
+from diffranb import cli, dataset, evaluate
 from diffranb.sim.bragg import bragg_fast, predict_spots
 from diffranb.sim.detector import beamstop_transmission
 from diffranb.sim.scene import example_scene, render
@@ -469,10 +469,25 @@ def test_level_counts_agree_with_the_count_and_fall_with_the_level(tiny):
         dataset.IdealCounter(dataset.CLASSES, method="guess")
 
 
-def test_the_calibrated_counter_learns_its_cuts_from_the_training_split(tmp_path):
+def test_the_calibrated_counter_learns_its_cuts_from_the_training_split(tmp_path, monkeypatch, capsys):
+    import json
+
     path = dataset.build(150, 8, tmp_path / "calibration.h5", pixels=128, workers=0, progress=False)
     with dataset.open_dataset(path) as ds:
         counter = dataset.IdealCounter(ds.classes, ds.config.cuts, seed=0, method="calibrated")
+        # what it learns from: the training split's crystal frames, nothing else
+        seen = []
+        level_counts = dataset.IdealCounter.level_counts
+
+        def spy(self, row, index, **kw):
+            seen.append(int(index))
+            return level_counts(self, row, index, **kw)
+
+        monkeypatch.setattr(dataset.IdealCounter, "level_counts", spy)
+        dataset.IdealCounter(ds.classes, ds.config.cuts, method="calibrated").fit(ds)
+        monkeypatch.undo()
+        train = ds.indices("train")
+        assert set(seen) == set(train[ds.column("has_crystal")[train] == 1])
         with pytest.raises(ValueError, match="fitted first"):
             counter.predict_dataset(ds, ds.indices("test"))
         with pytest.raises(ValueError, match="a class, not a count"):
@@ -488,9 +503,17 @@ def test_the_calibrated_counter_learns_its_cuts_from_the_training_split(tmp_path
         fitted = np.mean(counter.predict_dataset(ds, train) == ds.labels[train])
         counted = np.mean(dataset.IdealCounter.for_dataset(ds).predict_dataset(ds, train) == ds.labels[train])
         assert fitted >= counted
-        # seeded: fitting again gives the same classifier
-        again = dataset.IdealCounter.for_dataset(ds, method="calibrated")
-        np.testing.assert_array_equal(again.predict_dataset(ds, test), codes)
+        assert counter.n_fitted == len(set(seen))
+    # the command line fits it on the training split and refuses to test it there
+    record = tmp_path / "calibrated.json"
+    args = ["evaluate", "--ideal-counter", "calibrated", "--data", str(path), "--record", str(record)]
+    assert cli.main(args) == 0
+    saved = json.loads(record.read_text())
+    assert f"fitted on the {counter.n_fitted} crystal frames of the training split" in saved["what"]
+    assert saved["metrics"]["confusion"] == evaluate.metrics(ds.labels[test], codes, ds.classes)["confusion"]
+    assert cli.main(args[:-2] + ["--split", "train"]) == 2 and "test it on val or test" in capsys.readouterr().err
+    assert cli.main(args[:-1] + [str(tmp_path / "no" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_evaluate_chooses_the_ideal_method_and_writes_its_record(tiny, tmp_path, capsys):

@@ -114,3 +114,14 @@ def test_evaluate_command_prints_json(tmp_path, capsys):
     assert result["split"] == "test" and result["same_dataset"] is True and 0 <= result["accuracy"] <= 1
     assert cli.main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
     assert "RF+GLCM accuracy" in capsys.readouterr().out
+
+
+def test_accuracy_among_the_crystal_frames_counts_every_error_of_their_rows():
+    classes = ["blank", "no-crystal", "weak", "good", "strong"]
+    m = evaluate.metrics([0, 1, 2, 2, 3, 4, 4], [1, 1, 1, 2, 3, 3, 4], classes)
+    assert evaluate.accuracy_among(m) == 3 / 5  # a weak frame called no-crystal is an error too
+    assert evaluate.accuracy_among(m, ("blank",)) == 0.0
+    with pytest.raises(ValueError, match="not among"):
+        evaluate.accuracy_among(m, ("ice",))
+    with pytest.raises(ValueError, match="no frame"):
+        evaluate.accuracy_among(evaluate.metrics([0], [0], classes))
