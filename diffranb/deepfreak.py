@@ -25,7 +25,7 @@ is what a CPU needs:
   binned training and validation frames after the first epoch, with the same weights. For DiffraNet's 12,400
   training and validation frames that is 194 MiB at 4× binning by the maximum (uint8) and 388 MiB by the mean
   (uint16 sums); ``diffranb bench deepfreak --data`` times training from the file and from memory in one run
-  (``results/deepfreak-bin2/README.md`` records it).
+  (``results/deepfreak-hand/bench.json``: 63 → 171 frames/s at 4× binning).
 - **Saved models** are a directory: ``model.json`` (``kind``, ``classes``, ``dataset_hash``, topology,
   preprocessing, training history) and ``model.safetensors`` (weights and mean image). Loading unpickles
   nothing (:func:`load_model`).
