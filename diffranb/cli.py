@@ -208,6 +208,7 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--record", metavar="FILE", help="also write a record (JSON): this command, what was tested, "
                                                   "diffranb's version, the wall time and the metrics")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (on standard error)")
     p.set_defaults(func=_evaluate)
 
 
@@ -277,9 +278,10 @@ def _evaluate(args) -> int:
     if args.ideal_counter == "calibrated" and args.split == "train":
         raise ValueError("--ideal-counter calibrated learns from the training split: test it on val or test")
     with dataset.open_dataset(args.data) as ds:
-        model = dataset.IdealCounter.for_dataset(ds, args.seed, args.ideal_counter) if args.ideal_counter else \
-            evaluate.load_model(args.model)
-        result = evaluate.evaluate_model(model, ds, args.split)
+        progress = not args.no_progress
+        model = dataset.IdealCounter.for_dataset(ds, args.seed, args.ideal_counter, progress=progress) \
+            if args.ideal_counter else evaluate.load_model(args.model)
+        result = evaluate.evaluate_model(model, ds, args.split, progress=progress)
     if args.record:
         what = (f"dataset.IdealCounter, method {args.ideal_counter}, noise seed {args.seed}"
                 if args.ideal_counter else f"the {model.kind} model in {args.model}")

@@ -1482,11 +1482,11 @@ class IdealCounter:
         self.n_fitted = 0  # frames it was fitted on
 
     @classmethod
-    def for_dataset(cls, ds: Dataset, seed: int = 0, method: str = "count") -> IdealCounter:
+    def for_dataset(cls, ds: Dataset, seed: int = 0, method: str = "count", *, progress: bool = False) -> IdealCounter:
         """The ideal counter of an open data set (its classes and cuts); the calibrated method is fitted on the
-        set's training split."""
+        set's training split (with a progress bar if asked)."""
         counter = cls(ds.classes, ds.config.cuts, seed, method)
-        return counter.fit(ds) if method == "calibrated" else counter
+        return counter.fit(ds, progress=progress) if method == "calibrated" else counter
 
     def measure(self, row: dict, index: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> tuple:
         """One measurement of every reflection of frame ``index`` (a crystal frame; its stored parameters

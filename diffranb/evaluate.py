@@ -143,16 +143,25 @@ def metrics(y_true, y_pred, classes) -> dict:
     }
 
 
-def predict_split(model, ds, indices, batch_size: int = 64) -> np.ndarray:
-    """Label codes a model predicts for frames ``indices`` of data set ``ds``, streamed in batches."""
+def predict_split(model, ds, indices, batch_size: int = 64, *, progress: bool = False) -> np.ndarray:
+    """Label codes a model predicts for frames ``indices`` of data set ``ds``, streamed in batches, with a
+    progress bar if asked."""
+    from tqdm.auto import tqdm
+
     if hasattr(model, "predict_dataset"):
-        return np.asarray(model.predict_dataset(ds, indices), dtype=np.int64)
-    out = [np.asarray(model.predict(images), dtype=np.int64)
-           for images, _, _ in ds.batches(indices, batch_size, eight_bit=True)]
+        import inspect
+
+        kw = {"progress": progress} if "progress" in inspect.signature(model.predict_dataset).parameters else {}
+        return np.asarray(model.predict_dataset(ds, indices, **kw), dtype=np.int64)
+    out = []
+    with tqdm(total=len(indices), unit="img", desc="predicting", disable=not progress) as bar:
+        for images, _, _ in ds.batches(indices, batch_size, eight_bit=True):
+            out.append(np.asarray(model.predict(images), dtype=np.int64))
+            bar.update(len(images))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def evaluate_model(model, ds, split: str = "test") -> dict:
+def evaluate_model(model, ds, split: str = "test", *, progress: bool = False) -> dict:
     """:func:`metrics` of a loaded model on one split of an open data set, with what was evaluated.
 
     Parameters
@@ -172,7 +181,7 @@ def evaluate_model(model, ds, split: str = "test") -> dict:
         raise ValueError(f"model classes {list(model.classes)} differ from the data set's {list(ds.classes)}")
     indices = ds.indices(split)
     start = time.perf_counter()
-    y_pred = predict_split(model, ds, indices)
+    y_pred = predict_split(model, ds, indices, progress=progress)
     seconds = time.perf_counter() - start
     out = metrics(ds.labels[indices], y_pred, ds.classes)
     trained_on = getattr(model, "dataset_hash", None)

@@ -95,7 +95,7 @@ class Oracle:
 def test_evaluate_model_on_a_split(tmp_path):
     path = dataset.build(40, 1, tmp_path / "s.h5", pixels=64, workers=0, progress=False)
     with dataset.open_dataset(path) as ds:
-        result = evaluate.evaluate_model(Oracle(ds), ds, "test")
+        result = evaluate.evaluate_model(Oracle(ds), ds, "test", progress=True)  # no progress of its own: fine
         test = ds.indices("test")
         strong = int(np.sum(ds.labels[test] == 4))
     assert result["n"] == len(test) and result["split"] == "test"
