@@ -395,6 +395,14 @@ def bin_images(images8, binning: int = 1, mode: str = "mean") -> np.ndarray:
     return binned_to_input(_bin_codes(images8, binning, mode), binning, mode)
 
 
+def _code_dtype(binning: int, mode: str):
+    """dtype of :func:`_bin_codes`: uint8 for frames and maxima, uint16 for sums up to 16 × 16 blocks
+    (255·256 < 2¹⁶), uint32 beyond."""
+    if binning == 1 or mode == "max":
+        return np.dtype(np.uint8)
+    return np.dtype(np.uint16 if binning <= 16 else np.uint32)
+
+
 def _bin_codes(images8, binning: int, mode: str) -> np.ndarray:
     """The exact integers behind :func:`bin_images` (checked uint8 input): each block's maximum (uint8), or
     its sum (uint16, at most 255·binning², so binning ≤ 16); the frames themselves without binning."""
@@ -407,9 +415,7 @@ def _bin_codes(images8, binning: int, mode: str) -> np.ndarray:
     blocks = images8[:, :hm * binning, :hk * binning].reshape(n, hm, binning, hk, binning)
     if mode == "max":
         return blocks.max(axis=(2, 4))
-    if binning > 16:
-        return blocks.sum(axis=(2, 4), dtype=np.uint32)
-    return blocks.sum(axis=(2, 4), dtype=np.uint16)
+    return blocks.sum(axis=(2, 4), dtype=_code_dtype(binning, mode))
 
 
 def binned_to_input(codes, binning: int, mode: str) -> np.ndarray:
@@ -451,9 +457,8 @@ class BinnedFrames:
         indices = np.unique(np.asarray(indices, dtype=np.int64))
         m, k = ds.images.shape[1:]
         shape = (m // self.binning, k // self.binning)
-        dtype = np.uint8 if self.binning == 1 or mode == "max" else \
-            (np.uint16 if self.binning <= 16 else np.uint32)
-        need = len(indices) * shape[0] * shape[1] * np.dtype(dtype).itemsize
+        dtype = _code_dtype(self.binning, mode)
+        need = len(indices) * shape[0] * shape[1] * dtype.itemsize
         self.enabled = need <= max_mib * 2**20 and len(indices) > 0
         self.nbytes = need if self.enabled else 0
         self.reads = 0  # frames read from the file
@@ -1216,12 +1221,16 @@ def _train_rate(top, n_classes, size, batch, rng, min_seconds) -> float:
     x = _as_input(rng.random((batch, size, size), dtype=np.float32))
     y = torch.as_tensor(rng.integers(0, n_classes, batch))
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
+    return batch / _timed(lambda: _sgd_step(net, opt, x, y), min_seconds)
 
-    return batch / _timed(step, min_seconds)
+
+def _sgd_step(net, opt, x, y) -> None:
+    """One timed training step of the benchmarks: forward, cross-entropy, backward, update."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
 
 
 def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), batch_sizes=(1, 64),
@@ -1321,9 +1330,7 @@ def benchmark_frames(ds, *, top: int = CHOSEN_TOPOLOGY, binning: int = 4, mode: 
 
     def steps(source):
         for x, labels, _ in source.batches(order, batch):
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(net(_as_input(x)), torch.from_numpy(code_to_output[labels])).backward()
-            opt.step()
+            _sgd_step(net, opt, _as_input(x), torch.from_numpy(code_to_output[labels]))
 
     steps(store)  # warm-up: torch's first steps allocate and choose their kernels
     best = {}
