@@ -231,19 +231,27 @@ class ClassicModel:
         Content hash of the set it was trained on.
     vocabulary : diffranb.features.Vocabulary or None
         The SIFT words (SIFT pipelines only).
+    mask : (M, N) bool or None
+        The detector mask of the spot statistics (:func:`diffranb.features.detector_mask`), learnt from the
+        training frames of the set it was trained on (spot pipelines only; None in models saved before masks).
     info : dict
         What ``model.json`` records besides (training split and size, fit time).
     """
 
     kind = "classic"
 
-    def __init__(self, config, pipeline, classes, dataset_hash, vocabulary=None, info=None):
+    def __init__(self, config, pipeline, classes, dataset_hash, vocabulary=None, info=None, mask=None):
         self.config, self.pipeline, self.classes = config, pipeline, tuple(classes)
         self.dataset_hash, self.vocabulary, self.info = dataset_hash, vocabulary, dict(info or {})
+        self.mask = mask
+
+    def _feature_params(self) -> dict:
+        params = self.config.feature_params()
+        return params | {"mask": self.mask} if self.config.extractor == "spots" else params
 
     def transform(self, images8) -> np.ndarray:
         """Features of a (n, M, N) uint8 batch, as the pipeline expects them."""
-        params = self.config.feature_params()
+        params = self._feature_params()
         if self.config.extractor == "sift":
             params = {"vocabulary": self.vocabulary}
         return features.extract(self.config.extractor, images8, **params)
@@ -264,7 +272,7 @@ class ClassicModel:
             x = self.vocabulary.histograms(descriptors[np.concatenate(mine + [np.zeros(0, np.int64)])],
                                            np.concatenate([[0], np.cumsum(counts)]))
             return self.pipeline.predict(np.asarray(x, dtype=np.float64)).astype(np.int64)
-        x = store.features(self.config.extractor, **self.config.feature_params())
+        x = store.features(self.config.extractor, **self._feature_params())
         return self.pipeline.predict(np.asarray(x[indices], dtype=np.float64)).astype(np.int64)
 
 
@@ -288,11 +296,15 @@ def train(config: ClassicConfig, store, *, split: str = "train", n_jobs: int = 2
     pipeline.fit(x, store.labels[idx])
     info = {"trained_on": split, "n_train": int(len(idx)), "fit_seconds": time.perf_counter() - start}
     vocab = store.vocabulary(config.words, config.seed) if config.extractor == "sift" else None
-    return ClassicModel(config, pipeline, store.classes, store.content_sha256, vocab, info)
+    mask = store.mask() if config.extractor == "spots" else None
+    if mask is not None:
+        info["masked_pixels"] = int(mask.sum())
+    return ClassicModel(config, pipeline, store.classes, store.content_sha256, vocab, info, mask)
 
 
 def save_model(model: ClassicModel, path) -> Path:
-    """Write ``model`` as a directory: ``model.json``, ``pipeline.skops`` and (SIFT) ``vocabulary.npy``."""
+    """Write ``model`` as a directory: ``model.json``, ``pipeline.skops``, (SIFT) ``vocabulary.npy`` and
+    (spots) ``mask.npy``."""
     import skops.io as sio
 
     from . import __version__
@@ -302,6 +314,8 @@ def save_model(model: ClassicModel, path) -> Path:
     sio.dump(model.pipeline, path / "pipeline.skops")
     if model.vocabulary is not None:
         np.save(path / "vocabulary.npy", model.vocabulary.centres, allow_pickle=False)
+    if model.mask is not None:
+        np.save(path / "mask.npy", np.asarray(model.mask, dtype=bool), allow_pickle=False)
     info = {"kind": "classic", "classes": list(model.classes), "dataset_hash": model.dataset_hash,
             "diffranb_version": __version__, "config": model.config.to_dict(), "label": model.config.label()}
     (path / "model.json").write_text(json.dumps(info | model.info, indent=2))
@@ -327,7 +341,10 @@ def load_model(path) -> ClassicModel:
     vocab = None
     if (path / "vocabulary.npy").exists():
         vocab = features.Vocabulary(np.load(path / "vocabulary.npy", allow_pickle=False))
+    mask = np.load(path / "mask.npy", allow_pickle=False) if (path / "mask.npy").exists() else None
+    if mask is not None and mask.dtype != bool:
+        raise ValueError(f"{str(path / 'mask.npy')!r}: a mask must be bool, not {mask.dtype}")
     config = ClassicConfig.from_dict(info["config"])
     extra = {k: v for k, v in info.items() if k not in ("kind", "classes", "dataset_hash", "diffranb_version",
                                                         "config", "label")}
-    return ClassicModel(config, pipeline, info["classes"], info["dataset_hash"], vocab, extra)
+    return ClassicModel(config, pipeline, info["classes"], info["dataset_hash"], vocab, extra, mask)

@@ -45,7 +45,7 @@ LEVELS = 256
 #: Descriptors of training frames the k-means vocabulary is fitted on, at most (a seeded sample).
 MAX_VOCABULARY_DESCRIPTORS = 100_000
 #: Bumped whenever an extractor's output changes, so that caches built by older code are not reused.
-EXTRACTOR_VERSIONS = {"glcm": 1, "lbp": 1, "sift": 1, "spots": 1}
+EXTRACTOR_VERSIONS = {"glcm": 1, "lbp": 1, "sift": 1, "spots": 2}
 #: DiffraNet's three extractors (the paper's search space).
 PAPER_KINDS = ("glcm", "lbp", "sift")
 #: Every extractor: the paper's, and the spot statistics of a hit finder.
@@ -319,6 +319,22 @@ NOISE_ANNULI = 16
 #: Smallest noise of a box sum, grey levels: the rounding of nine 8-bit pixels (√(9/12)).
 MIN_BOX_NOISE = math.sqrt(9.0 / 12.0)
 SPOT_STATS = ("background median", "background p90", "box noise median")
+#: Fewest unmasked pixels an annulus needs to estimate its own noise; one with fewer borrows its neighbour's.
+MIN_NOISE_PIXELS = 64
+
+#: Detector masks (:func:`detector_mask`). A pixel is *hot* when it reads full scale (255) in at least this share
+#: of the frames, *dead* when it reads 0 in at least this share of the lit frames.
+BAD_PIXEL_SHARE = 0.9
+#: A frame is *lit* when its median grey level reaches this: bright enough to show the beamstop's shadow.
+LIT_FRAME_LEVEL = 16
+#: A pixel of a lit frame is in shadow when its 5 × 5 median is at most this share of the frame's median.
+SHADOW_LEVEL = 0.25
+#: Pixels in shadow in at least this share of the lit frames are masked (the beamstop and its holder moved
+#: from run to run, so this is the union of their shadows), and so are their neighbours within this margin.
+SHADOW_SHARE = 0.01
+SHADOW_MARGIN_PX = 2
+#: Training frames (a seeded sample) a data set's mask is learnt from.
+MASK_FRAMES = 400
 
 _ANNULI = {}
 
@@ -336,7 +352,71 @@ def _annuli(shape):
     return _ANNULI[shape]
 
 
-def spot_significance(image, window: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def detector_mask(images) -> np.ndarray:
+    """The pixels a hit finder should ignore, learnt from frames of one detector: hot, dead and shadowed.
+
+    As at a beamline, where a mask from calibration frames goes with the detector: *hot* pixels read full
+    scale (255) in at least :data:`BAD_PIXEL_SHARE` of the frames, *dead* ones read 0 in that share of the lit
+    frames (median ≥ :data:`LIT_FRAME_LEVEL`), and the beamstop and its holder are where lit frames are dark
+    (5 × 5 median ≤ :data:`SHADOW_LEVEL` × the frame's median) in at least :data:`SHADOW_SHARE` of them, grown
+    by :data:`SHADOW_MARGIN_PX`. Each would otherwise give peaks on every frame: a hot pixel is a 255 among
+    its background, and a median over a few pixels does not follow the corner of a shadow. Without lit frames
+    only hot pixels are found.
+
+    Parameters
+    ----------
+    images : (n, M, N) uint8
+        Frames of one detector (:func:`diffranb.dataset.to_8bit`), n ≥ 1.
+
+    Returns
+    -------
+    (M, N) bool
+        True where a pixel is masked.
+    """
+    import cv2
+
+    images = np.asarray(images)
+    if images.ndim != 3 or images.dtype != np.uint8 or len(images) == 0:
+        raise ValueError(f"images: {images.dtype} of shape {images.shape}; must be (n ≥ 1, M, N) uint8 frames")
+    full = np.zeros(images.shape[1:], dtype=np.int64)
+    zero = np.zeros_like(full)
+    dark = np.zeros_like(full)
+    lit = 0
+    for image in images:
+        image = np.ascontiguousarray(image)
+        full += image == 255
+        level = float(np.median(image))
+        if level >= LIT_FRAME_LEVEL:
+            lit += 1
+            zero += image == 0
+            dark += cv2.medianBlur(image, 5) <= SHADOW_LEVEL * level
+    mask = full >= BAD_PIXEL_SHARE * len(images)
+    if lit:
+        shadow = (dark >= SHADOW_SHARE * lit).astype(np.uint8)
+        size = 2 * SHADOW_MARGIN_PX + 1
+        mask |= cv2.dilate(shadow, np.ones((size, size), np.uint8)).astype(bool)
+        mask |= zero >= BAD_PIXEL_SHARE * lit
+    return mask
+
+
+def mask_digest(mask) -> str:
+    """A short fingerprint of a detector mask (``"none"`` for None), naming cached features computed with it."""
+    if mask is None:
+        return "none"
+    mask = np.asarray(mask, dtype=bool)
+    h = hashlib.sha256(repr(mask.shape).encode())
+    h.update(np.packbits(mask).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_mask(mask, shape):
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != shape:
+        raise ValueError(f"mask: {mask.dtype} of shape {mask.shape}; must be bool of the frame's shape {shape}")
+    return mask
+
+
+def spot_significance(image, window: int = 5, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Significance of a spot at every pixel: the 3 × 3 box sum above a median background, over its noise.
 
     The background is the frame's median over ``window`` × ``window`` pixels, which follows water and ice
@@ -344,7 +424,17 @@ def spot_significance(image, window: int = 5) -> tuple[np.ndarray, np.ndarray, n
     :data:`NOISE_ANNULI` rings about the frame centre (the rms deviation from the ring's median, clipped at
     four robust standard deviations so that spots do not count);
     on the square-root grey scale of :func:`diffranb.dataset.to_8bit` counting noise is nearly the same at
-    every level, so one noise per ring is enough.
+    every level, so one noise per ring is enough. Masked pixels (:func:`detector_mask`) read as their
+    background, so they add nothing to a box sum; their significance is 0 and they do not enter the noise
+    (a ring with fewer than :data:`MIN_NOISE_PIXELS` others takes the noise of the nearest ring that has them).
+
+    Parameters
+    ----------
+    image : (M, N) uint8
+    window : int, pixels
+        One of :data:`SPOT_WINDOWS`.
+    mask : (M, N) bool, optional
+        Pixels to ignore.
 
     Returns
     -------
@@ -361,18 +451,35 @@ def spot_significance(image, window: int = 5) -> tuple[np.ndarray, np.ndarray, n
     if window not in SPOT_WINDOWS:
         raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
     background = cv2.medianBlur(image, window)
+    if mask is not None:
+        mask = _check_mask(mask, image.shape)
+        image = np.where(mask, background, image)
     excess = image.astype(np.float32) - background.astype(np.float32)
     box = cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
     ring, order, bounds, _ = _annuli(image.shape)
     flat = box.ravel()[order]
-    noise = np.empty(NOISE_ANNULI)
+    kept = None if mask is None else ~mask.ravel()[order]
+    noise = np.full(NOISE_ANNULI, np.nan)
     for a in range(NOISE_ANNULI):
-        deviation = np.abs(flat[bounds[a]:bounds[a + 1]] - np.median(flat[bounds[a]:bounds[a + 1]]))
+        values = flat[bounds[a]:bounds[a + 1]]
+        if kept is not None:
+            values = values[kept[bounds[a]:bounds[a + 1]]]
+        if len(values) < MIN_NOISE_PIXELS:
+            continue
+        deviation = np.abs(values - np.median(values))
         # the MAD of integer box sums moves in steps of 1.48: it only sets a 4σ clip for the standard deviation
         clip = 4.0 * max(1.4826 * float(np.median(deviation)), MIN_BOX_NOISE)
         inside = deviation[deviation < clip]
         noise[a] = max(float(np.sqrt(np.mean(inside * inside))), MIN_BOX_NOISE)
+    known = np.flatnonzero(np.isfinite(noise))
+    if len(known) == 0:
+        noise[:] = MIN_BOX_NOISE
+    elif len(known) < NOISE_ANNULI:  # an annulus (nearly) all masked borrows its nearest neighbour's noise
+        nearest = known[np.abs(np.arange(NOISE_ANNULI)[:, None] - known[None, :]).argmin(axis=1)]
+        noise = noise[nearest]
     z = box / noise[ring].astype(np.float32)
+    if mask is not None:
+        z[mask] = 0.0
     return z, background, noise
 
 
@@ -383,19 +490,20 @@ def max_3x3(z) -> np.ndarray:
     return cv2.dilate(z, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
 
 
-def spot_features(image, window: int = 5) -> np.ndarray:
+def spot_features(image, window: int = 5, mask=None) -> np.ndarray:
     """Spot statistics of one frame: how many local maxima of :func:`spot_significance` reach each level.
 
     Columns (:func:`feature_names`): log(1 + count) of 3 × 3 local maxima with z ≥ each of
     :data:`SPOT_LEVELS`; the same at :data:`SPOT_BAND_LEVELS` in each of :data:`SPOT_BANDS` radial bands
     (resolution); and the median and 90th percentile of the background and the median box noise, which say
     how bright the shot was. This is what a hit finder measures; DiffraNet's extractors see texture only.
+    ``mask`` (:func:`detector_mask`): pixels to ignore, as in :func:`spot_significance`.
 
     Returns
     -------
     (len(SPOT_LEVELS) + len(SPOT_BAND_LEVELS)·SPOT_BANDS + 3,) float64
     """
-    z, background, noise = spot_significance(image, window)
+    z, background, noise = spot_significance(image, window, mask)
     peak = (z >= max_3x3(z)) & (z >= SPOT_LEVELS[0])
     values = z[peak]
     counts = [np.count_nonzero(values >= level) for level in SPOT_LEVELS]
@@ -553,7 +661,7 @@ def extract(kind: str, images, **params) -> np.ndarray:
     **params
         glcm: ``distances`` (pixels) and ``angles`` (degrees), default the whole search space;
         lbp: ``points`` and ``radius``; sift: ``vocabulary``, a fitted :class:`Vocabulary`; spots:
-        ``window`` (default 5).
+        ``window`` (default 5) and ``mask`` (:func:`detector_mask`; default None, no pixel masked).
 
     Returns
     -------
@@ -581,9 +689,9 @@ def extract(kind: str, images, **params) -> np.ndarray:
         stacked = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
         return vocabulary.histograms(stacked, offsets).astype(np.float64)
     if kind == "spots":
-        window = params.pop("window", SPOT_WINDOWS[0])
+        window, mask = params.pop("window", SPOT_WINDOWS[0]), params.pop("mask", None)
         _no_more(kind, params)
-        return np.stack([spot_features(im, window) for im in images]) if len(images) else \
+        return np.stack([spot_features(im, window, mask) for im in images]) if len(images) else \
             np.zeros((0, len(spot_names())))
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
@@ -618,8 +726,9 @@ def _check_image(image) -> np.ndarray:
 # Whole data sets: chunked, parallel, cached
 # ---------------------------------------------------------------------------------------------------------
 
-def _block_features(images, block: str):
-    """The widest variant of an extractor for a chunk of frames (what :class:`FeatureStore` caches)."""
+def _block_features(images, block: str, mask=None):
+    """The widest variant of an extractor for a chunk of frames (what :class:`FeatureStore` caches); ``mask``
+    is the spot statistics' detector mask."""
     if block == "glcm":
         return np.stack([glcm_features(im) for im in images])
     if block == "lbp":
@@ -635,16 +744,16 @@ def _block_features(images, block: str):
     if block == "sift":
         return [sift_descriptors(im) for im in images]
     if block == "spots":
-        return np.stack([np.concatenate([spot_features(im, w) for w in SPOT_WINDOWS]) for im in images])
+        return np.stack([np.concatenate([spot_features(im, w, mask) for w in SPOT_WINDOWS]) for im in images])
     raise ValueError(block)
 
 
-def _extract_chunk(path: str, start: int, stop: int, blocks: tuple):
+def _extract_chunk(path: str, start: int, stop: int, blocks: tuple, mask=None):
     from . import dataset
 
     with dataset.open_dataset(path) as ds:
         images = dataset.to_8bit(ds.images[start:stop])
-    return start, {block: _block_features(images, block) for block in blocks}
+    return start, {block: _block_features(images, block, mask) for block in blocks}
 
 
 def _init_worker():
@@ -730,9 +839,9 @@ class FeatureStore:
             self._memo[path] = arrays
         return arrays
 
-    def _run(self, blocks: tuple, desc: str) -> list:
-        """Extract ``blocks`` for every frame, reading and decoding each chunk once, on ``workers`` processes;
-        one dict of block → value per chunk, in frame order."""
+    def _run(self, blocks: tuple, desc: str, mask=None) -> list:
+        """Extract ``blocks`` for every frame, reading and decoding each chunk once, on ``workers`` processes
+        (``mask``: the spot statistics' detector mask); one dict of block → value per chunk, in frame order."""
         from tqdm.auto import tqdm
 
         n = len(self)
@@ -741,7 +850,7 @@ class FeatureStore:
         with tqdm(total=n, unit="img", desc=desc, disable=not self.progress, smoothing=0.05) as bar:
             if self.workers <= 1:
                 for k, (a, b) in enumerate(bounds):
-                    results[k] = _extract_chunk(str(self.data), a, b, blocks)[1]
+                    results[k] = _extract_chunk(str(self.data), a, b, blocks, mask)[1]
                     bar.update(b - a)
                 return results
             import multiprocessing as mp
@@ -749,7 +858,7 @@ class FeatureStore:
 
             with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker) as pool:
-                futures = {pool.submit(_extract_chunk, str(self.data), a, b, blocks): k
+                futures = {pool.submit(_extract_chunk, str(self.data), a, b, blocks, mask): k
                            for k, (a, b) in enumerate(bounds)}
                 for future in as_completed(futures):
                     k = futures[future]
@@ -762,13 +871,21 @@ class FeatureStore:
                      "spots": {"windows": SPOT_WINDOWS, "levels": SPOT_LEVELS, "band_levels": SPOT_BAND_LEVELS,
                                "bands": SPOT_BANDS, "annuli": NOISE_ANNULI}}
 
-    def _block_path(self, kind: str) -> Path:
-        return self._path(kind, self._BLOCK_PARAMS[kind]) if kind != "sift" else self._path("sift-descriptors", {})
+    def _block_params(self, kind: str, mask=None) -> dict:
+        return self._BLOCK_PARAMS[kind] | ({"mask": mask_digest(mask)} if kind == "spots" else {})
 
-    def _extract(self, kinds) -> None:
-        """Extract the blocks of ``kinds`` in one pass over the set and cache them."""
+    def _block_path(self, kind: str, mask=None) -> Path:
+        if kind == "sift":
+            return self._path("sift-descriptors", {})
+        return self._path(kind, self._block_params(kind, mask))
+
+    def _resolve_mask(self, mask):
+        return self.mask() if isinstance(mask, str) and mask == "train" else mask
+
+    def _extract(self, kinds, mask=None) -> None:
+        """Extract the blocks of ``kinds`` in one pass over the set and cache them (spots with ``mask``)."""
         kinds = tuple(kinds)
-        chunks = self._run(kinds, "+".join(kinds) + " features")
+        chunks = self._run(kinds, "+".join(kinds) + " features", mask)
         for kind in kinds:
             if kind == "sift":
                 per_frame = [d for chunk in chunks for d in chunk["sift"]]
@@ -777,17 +894,45 @@ class FeatureStore:
                 self._save(self._block_path(kind), {"descriptors": stacked, "offsets": offsets},
                            {"kind": "sift-descriptors"})
             else:
-                self._save(self._block_path(kind), {"features": np.concatenate([c[kind] for c in chunks])},
-                           {"kind": kind, "params": self._BLOCK_PARAMS[kind]})
+                self._save(self._block_path(kind, mask), {"features": np.concatenate([c[kind] for c in chunks])},
+                           {"kind": kind, "params": self._block_params(kind, mask)})
 
-    def block(self, kind: str) -> np.ndarray:
+    def mask(self) -> np.ndarray:
+        """The set's detector mask (:func:`detector_mask`), learnt from a seeded sample of
+        :data:`MASK_FRAMES` frames of the *training* split only (cached); nothing is masked when the set has no
+        training frames. (M, N) bool."""
+        from . import dataset
+
+        train = self.indices("train")
+        path = self._path("spots-mask", {"frames": MASK_FRAMES, "hot_dead_share": BAD_PIXEL_SHARE,
+                                         "lit": LIT_FRAME_LEVEL, "shadow": [SHADOW_LEVEL, SHADOW_SHARE,
+                                                                            SHADOW_MARGIN_PX]})
+        cached = self._load(path)
+        if cached is not None:
+            return cached["mask"]
+        if len(train) == 0:
+            mask = np.zeros(self.shape[1:], dtype=bool)
+        else:
+            rng = np.random.default_rng(0)
+            sample = np.sort(rng.choice(train, min(MASK_FRAMES, len(train)), replace=False))
+            with dataset.open_dataset(self.data) as ds:
+                mask = detector_mask(np.stack([ds.image8(int(i)) for i in sample]))
+        self._save(path, {"mask": mask}, {"kind": "spots-mask", "fitted_on": "train",
+                                          "frames": int(min(MASK_FRAMES, len(train))), "masked": int(mask.sum())})
+        return self._load(path)["mask"]
+
+    def block(self, kind: str, mask="train") -> np.ndarray:
         """The full block of ``kind`` ("glcm": (n, 120); "lbp": (n, 180); "spots": (n, 75)), extracted if not
-        cached."""
+        cached. ``mask`` (spots only): ``"train"``, the set's own :meth:`mask`; None, no pixel masked; or an
+        (M, N) bool array, e.g. a saved model's."""
         if kind not in ("glcm", "lbp", "spots"):
             raise ValueError(f"kind = {kind!r}: blocks exist for 'glcm', 'lbp' and 'spots'")
-        if self._load(self._block_path(kind)) is None:
-            self._extract((kind,))
-        return self._load(self._block_path(kind))["features"]
+        mask = self._resolve_mask(mask) if kind == "spots" else None
+        if mask is not None:
+            mask = _check_mask(mask, tuple(self.shape[1:]))
+        if self._load(self._block_path(kind, mask)) is None:
+            self._extract((kind,), mask)
+        return self._load(self._block_path(kind, mask))["features"]
 
     def descriptors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every frame's SIFT descriptors, stacked: ((m, 128) uint8, (n + 1,) int64 offsets)."""
@@ -816,7 +961,7 @@ class FeatureStore:
 
         ``glcm``: ``distances``, ``angles`` (a column selection of the cached block); ``lbp``: ``points``,
         ``radius`` (likewise); ``sift``: ``k``, optional ``seed`` (histograms cached per vocabulary);
-        ``spots``: ``window`` (a column selection).
+        ``spots``: ``window`` (a column selection), ``mask`` (as for :meth:`block`; default the set's own).
         """
         if kind == "glcm":
             cols = glcm_columns(params.get("distances", GLCM_DISTANCES), params.get("angles", GLCM_ANGLES))
@@ -835,12 +980,14 @@ class FeatureStore:
             self._save(path, {"features": values}, {"kind": "sift-words", "k": k, "seed": seed})
             return values
         if kind == "spots":
-            return self.block("spots")[:, spot_columns(params.get("window", SPOT_WINDOWS[0]))]
+            return self.block("spots", params.get("mask", "train"))[:, spot_columns(params.get("window",
+                                                                                          SPOT_WINDOWS[0]))]
         raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
     def precompute(self, kinds=PAPER_KINDS) -> None:
         """Extract every block of the given kinds not yet cached, in one pass over the set (the SIFT
         vocabularies are fitted on demand)."""
-        missing = [kind for kind in kinds if self._load(self._block_path(kind)) is None]
+        mask = self.mask() if "spots" in kinds else None
+        missing = [kind for kind in kinds if self._load(self._block_path(kind, mask)) is None]
         if missing:
-            self._extract(missing)
+            self._extract(missing, mask)

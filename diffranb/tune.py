@@ -201,7 +201,9 @@ def _header(store, seed, timeout_s, extractors) -> dict:
     space_name = "DiffraNet Table 7" if extractors == features.PAPER_KINDS else \
         "DiffraNet Table 7 classifiers; extractors " + ", ".join(extractors)
     return {"format": FORMAT, "dataset_sha256": store.content_sha256, "data": str(store.data), "seed": seed,
-            "space": space_name, "extractors": list(extractors), "startup_trials": STARTUP_TRIALS,
+            "space": space_name, "extractors": list(extractors),
+            "extractor_versions": {k: features.EXTRACTOR_VERSIONS[k] for k in extractors},
+            "startup_trials": STARTUP_TRIALS,
             "timeout_s": timeout_s, "diffranb_version": __version__}
 
 
@@ -284,7 +286,8 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
     if out.exists():
         record = load_trials(out)
         record.setdefault("extractors", list(features.PAPER_KINDS))  # files written before the option
-        for key in ("dataset_sha256", "seed", "extractors"):
+        record.setdefault("extractor_versions", {k: 1 for k in record["extractors"]})  # ... before versions
+        for key in ("dataset_sha256", "seed", "extractors", "extractor_versions"):
             if record[key] != header[key]:
                 raise ValueError(f"{str(out)!r} was run with {key} = {record[key]!r}, not {header[key]!r}: "
                                  "choose another file to start a new search")

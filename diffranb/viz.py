@@ -573,16 +573,29 @@ def plot_keypoints(image, keypoints, *, ax: Axes | None = None, color: str = "ta
     return ax
 
 
-def plot_spot_peaks(image, *, window: int = 5, level: float = 8.0, ax: Axes | None = None,
-                    color: str = "tab:orange", **kw) -> Axes:
+def overlay_mask(mask, ax: Axes, *, color: str = "tab:blue", alpha: float = 0.6) -> Axes:
+    """Paint the True pixels of a (M, N) mask over a frame drawn by :func:`show_pattern` (same pixel grid)."""
+    from matplotlib.colors import ListedColormap
+
+    mask = np.asarray(mask, dtype=bool)
+    ax.imshow(np.ma.masked_where(~mask, np.ones(mask.shape)), cmap=ListedColormap([color]), alpha=alpha,
+              interpolation="nearest", vmin=0, vmax=1)
+    return ax
+
+
+def plot_spot_peaks(image, *, window: int = 5, level: float = 8.0, mask=None, ax: Axes | None = None,
+                    color: str = "tab:orange", mask_color: str = "tab:blue", **kw) -> Axes:
     """An 8-bit frame with the peaks the spot statistics count at significance ``level`` circled
     (:func:`diffranb.features.spot_significance`: 3 × 3 local maxima of the box-summed excess over the local
-    median, in units of its noise)."""
+    median, in units of its noise); with a detector ``mask`` (:func:`diffranb.features.detector_mask`) its
+    pixels are ignored and drawn in ``mask_color``."""
     from .features import max_3x3, spot_significance
 
-    z = spot_significance(image, window)[0]
+    z = spot_significance(image, window, mask)[0]
     peaks = np.argwhere((z >= max_3x3(z)) & (z >= level))
     ax = show_pattern(image, ax=ax, scale="linear", vmax=255, unit="grey level", **kw)
+    if mask is not None:
+        overlay_mask(mask, ax, color=mask_color)
     for i, j in peaks:
         ax.add_patch(plt.Circle((j, i), 6, fill=False, color=color, linewidth=0.8))
     return ax

@@ -99,8 +99,11 @@ def test_feature_extractors(tmp_path):
     assert all(0 <= a <= 1 for a in values["first_look_accuracy"].values())
     assert values["sift_median_keypoints"]["blank"] == 0  # nothing to detect on a detector-only frame
     cache = tmp_path / "diffranet_60_0_128px.h5.features"
+    # blocks, SIFT descriptors, one vocabulary and its word table, the spot block with and without the
+    # detector mask, and the mask
     assert sorted(p.name.split("-")[0] for p in next(cache.iterdir()).glob("*.npz")) == [
-        "glcm", "lbp", "sift", "sift", "sift", "spots"]  # blocks, descriptors, one vocabulary and its word table
+        "glcm", "lbp", "sift", "sift", "sift", "spots", "spots", "spots"]
+    assert values["mask_pixels"] > 0 and values["floor_masked"] <= values["floor_unmasked"]
 
 
 @needs("04_classic_tuning")

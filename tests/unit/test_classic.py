@@ -73,6 +73,23 @@ def test_saved_model_loads_without_pickle_and_predicts_the_same(config, store, t
     assert predicted.dtype == np.int64 and predicted.shape == (len(test),)
     np.testing.assert_array_equal(predicted, model.predict(images))
     np.testing.assert_array_equal(predicted, streamed)
+    if config.extractor == "spots":  # the detector mask travels with the model
+        assert (path / "mask.npy").exists() and info["masked_pixels"] == int(store.mask().sum())
+        np.testing.assert_array_equal(loaded.mask, store.mask())
+    else:
+        assert loaded.mask is None and not (path / "mask.npy").exists()
+
+
+def test_spot_model_uses_its_own_mask_on_other_sets(store, tiny_set, tmp_path):
+    model = classic.train(classic.ClassicConfig(extractor="spots", n_estimators=10), store, n_jobs=1)
+    model.mask = np.zeros_like(model.mask)
+    model.mask[:, :40] = True  # not the set's mask: predictions must use this one, in memory and from the cache
+    with dataset.open_dataset(tiny_set) as ds:
+        every = np.arange(len(ds))
+        images = dataset.to_8bit(ds.images[:])
+        streamed = model.predict_dataset(ds, every, cache_dir=store.dir.parent, workers=0)
+    np.testing.assert_array_equal(model.transform(images), features.extract("spots", images, mask=model.mask))
+    np.testing.assert_array_equal(streamed, model.predict(images))
 
 
 def test_load_refuses_untrusted_types(store, tmp_path):

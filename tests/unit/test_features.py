@@ -206,3 +206,91 @@ def test_spot_block_holds_every_window():
     for w in features.SPOT_WINDOWS:
         np.testing.assert_array_equal(block[0, features.spot_columns(w)], features.spot_features(image, w))
     np.testing.assert_array_equal(features.extract("spots", image[None]), block[:, features.spot_columns(5)])
+
+
+def _detector_frames(n, *, lit=True, seed=0, shape=(96, 96)):
+    """Frames of one detector: noise on a level of 60 (lit) or about 2 (dark), one hot pixel (255) and one dead
+    pixel (0) always, a beamstop shadow that moves from frame to frame, and one bright spot in frame 0 only."""
+    rng = np.random.default_rng(seed)
+    i, j = np.indices(shape)
+    frames = []
+    for k in range(n):
+        level = 60.0 if lit else 2.0
+        frame = level + rng.normal(0.0, 3.0, shape)
+        centre = (48 + (k % 3) - 1, 48)  # the beamstop: a disc of radius 6, one pixel up or down per run
+        frame[np.hypot(i - centre[0], j - centre[1]) <= 6] = rng.normal(1.0, 1.0)
+        frame[10, 20], frame[70, 80] = 255, 0
+        if k == 0:
+            frame[30, 30] = 255
+        frames.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def test_detector_mask_finds_hot_dead_and_shadowed_pixels_and_nothing_else():
+    frames = _detector_frames(20)
+    mask = features.detector_mask(frames)
+    i, j = np.indices(mask.shape)
+    assert mask[10, 20] and mask[70, 80]  # hot, dead
+    assert not mask[30, 30]  # saturated in one frame of twenty: a spot, not a hot pixel
+    # every shadow seen (discs of radius 6 about rows 47 to 49), grown by the margin, and nothing beyond it
+    reach = 6 + features.SHADOW_MARGIN_PX
+    union = (np.hypot(i - 47, j - 48) <= 6) | (np.hypot(i - 48, j - 48) <= 6) | (np.hypot(i - 49, j - 48) <= 6)
+    assert mask[union].all()
+    outside = np.hypot(np.minimum(np.abs(i - 47), np.abs(i - 49)) * (np.abs(i - 48) > 1), j - 48) > reach + 1.5
+    assert not mask[outside & ~np.isin(i * 96 + j, [10 * 96 + 20, 70 * 96 + 80])].any()
+
+
+def test_detector_mask_without_lit_frames_finds_only_hot_pixels():
+    mask = features.detector_mask(_detector_frames(10, lit=False))
+    assert mask[10, 20] and mask.sum() == 1
+    with pytest.raises(ValueError, match="uint8"):
+        features.detector_mask(np.zeros((0, 8, 8), np.uint8))
+
+
+def test_masked_hot_pixel_gives_no_peak_and_real_spots_still_count():
+    image, centres = _ring_frame_with_spots(5)
+    hot = image.copy()
+    hot[200, 60] = 255
+    names = features.spot_names()
+    mask = np.zeros(image.shape, bool)
+    mask[200, 60] = True
+    count = lambda im, m: round(np.expm1(features.spot_features(im, 5, m))[names.index("peaks z≥10")])
+    # a hot pixel looks like a spot, or several: the nine 3 × 3 sums holding it tie, and ties are all maxima
+    assert count(image, None) == 5 and count(hot, None) > 5
+    assert count(hot, mask) == 5
+    z, _, _ = features.spot_significance(hot, 5, mask)
+    assert z[200, 60] == 0.0
+    np.testing.assert_array_equal(features.extract("spots", hot[None], mask=mask)[0],
+                                  features.spot_features(hot, 5, mask))
+    with pytest.raises(ValueError, match="mask"):
+        features.spot_features(hot, 5, mask[:10])
+
+
+def test_store_mask_is_learnt_from_the_training_frames_and_names_the_spot_block(tiny_set, tmp_path):
+    store = features.FeatureStore(tiny_set, tmp_path, workers=0, progress=False)
+    train = store.indices("train")
+    assert 0 < len(train) <= features.MASK_FRAMES  # so the mask sees every training frame
+    with dataset.open_dataset(tiny_set) as ds:
+        images = dataset.to_8bit(ds.images[:])
+    np.testing.assert_array_equal(store.mask(), features.detector_mask(images[train]))
+    masked = store.features("spots", window=7)
+    np.testing.assert_array_equal(masked, features.extract("spots", images, window=7, mask=store.mask()))
+    plain = store.features("spots", window=7, mask=None)
+    np.testing.assert_array_equal(plain, features.extract("spots", images, window=7))
+    assert store.mask().any() and not np.array_equal(masked, plain)  # the beamstop's shadow, at least
+    # one cached block per mask, beside the mask itself
+    blocks = [p.name for p in store.dir.glob("spots-*.npz") if not p.name.startswith("spots-mask-")]
+    assert len(blocks) == 2 and len(list(store.dir.glob("spots-mask-*.npz"))) == 1
+
+
+def test_masked_pixels_stay_out_of_the_noise_and_fully_masked_rings_borrow_it():
+    image, _ = _ring_frame_with_spots(0)
+    i, j = np.indices(image.shape)
+    mask = np.hypot(i - 127.5, j - 127.5) <= 30  # the two innermost rings wholly, the third in part
+    _, _, plain = features.spot_significance(image, 5)
+    z, _, noise = features.spot_significance(image, 5, mask)
+    # masked box sums are zero: counted in, they would shrink the noise of the rings they fill, and the pixels
+    # left in those rings would stand out as spots
+    assert np.all(np.abs(noise / np.median(plain) - 1) < 0.2)
+    assert noise[0] == noise[1] == noise[2] != noise[3]  # rings 0 and 1 hold no unmasked pixel: ring 2's noise
+    assert np.count_nonzero((z >= features.max_3x3(z)) & (z >= 5)) == 0

@@ -63,6 +63,13 @@ def test_interrupted_search_resumes_exactly(tiny_set, tmp_path):
     with pytest.raises(ValueError, match="extractors"):
         tune.run(tiny_set, part, **(kw | {"extractors": ("spots",), "n_trials": 6}))
     assert resumed["extractors"] == list(features.PAPER_KINDS) and resumed["space"] == "DiffraNet Table 7"
+    # trials of an older extractor are not mixed with the current one's
+    assert resumed["extractor_versions"] == {k: features.EXTRACTOR_VERSIONS[k] for k in features.PAPER_KINDS}
+    saved = json.loads(part.read_text())
+    saved["extractor_versions"]["glcm"] -= 1
+    part.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="extractor_versions"):
+        tune.run(tiny_set, part, **(kw | {"n_trials": 6}))
 
 
 def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):

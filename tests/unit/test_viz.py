@@ -160,6 +160,12 @@ def test_plot_spot_peaks_circles_each_injected_spot_at_fast_slow():
     ax = viz.plot_spot_peaks(image, level=10.0)
     centres = sorted(tuple(map(float, p.center)) for p in ax.patches)
     assert centres == [(30.0, 60.0), (70.0, 20.0)]
+    mask = np.zeros(image.shape, bool)
+    mask[59:62, 29:32] = True  # masking a spot's pixels removes its peak, and the mask is drawn over the frame
+    ax = viz.plot_spot_peaks(image, level=10.0, mask=mask)
+    assert [tuple(map(float, p.center)) for p in ax.patches] == [(70.0, 20.0)]
+    overlay = ax.get_images()[1].get_array()
+    np.testing.assert_array_equal(np.ma.getmaskarray(overlay), ~mask)
 
 
 def test_show_map_puts_slow_down_and_fast_across_like_show_pattern():
