@@ -334,6 +334,8 @@ def _add_deepfreak_commands() -> None:
     p.add_argument("--max-train", type=int, help="train on a stratified subset of this many frames")
     p.add_argument("--max-val", type=int, help="validate on a stratified subset of this many frames")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--flip", action="store_true", help="augment: mirror a seeded half of every training batch "
+                                                       "left–right (not in the paper's recipe)")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--frame-store", type=float, default=FRAME_STORE_MIB, metavar="MIB",
                    help="memory for the binned training and validation frames, read once and kept for later "
@@ -410,7 +412,7 @@ def _train_deepfreak(args) -> int:
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     config = deepfreak.TrainConfig(**fields, epochs=args.epochs, binning=args.binning, seed=args.seed,
-                                   max_train=args.max_train, max_val=args.max_val)
+                                   max_train=args.max_train, max_val=args.max_val, flip=args.flip)
     result = deepfreak.train(args.data, args.out, config, resume=not args.no_resume,
                              progress=not args.no_progress, threads=args.threads,
                              frame_store_mib=args.frame_store)

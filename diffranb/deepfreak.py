@@ -718,6 +718,11 @@ class TrainConfig:
         Seed of the initial weights, the order of the frames in each epoch and the subsets.
     max_train, max_val : int or None, frames
         Train (validate) on a seeded, class-stratified subset of this size of the split (None: all of it).
+    flip : bool
+        Augment the training frames: mirror a seeded half of every batch left–right (along the fast axis),
+        after the mean image is subtracted. A mirrored frame is a frame of the same class: the count of
+        reflections does not change, the polarisation and the beam centre's spread are symmetric about that
+        axis, and the beamstop holder runs along it. Off in the paper's recipe.
     """
 
     topology: int = CHOSEN_TOPOLOGY  # index into TOPOLOGIES
@@ -733,6 +738,7 @@ class TrainConfig:
     seed: int = 0
     max_train: int | None = None  # frames (None: the whole training split)
     max_val: int | None = None  # frames (None: the whole validation split)
+    flip: bool = False  # mirror half of each training batch left–right
 
     def __post_init__(self):
         topology(self.topology)
@@ -754,6 +760,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"TrainConfig.{name} = {value!r}: must be a whole number ≥ 1")
         check_bin_mode(self.bin_mode, "TrainConfig.bin_mode")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"TrainConfig.flip = {self.flip!r}: must be True or False")
 
     def same_run(self, other: TrainConfig) -> bool:
         """Whether ``other`` trains the same way, only for more or fewer epochs (so a checkpoint can serve)."""
@@ -888,7 +896,16 @@ def _read_checkpoint(out: Path):
     return state, load_file(weights)
 
 
-def _run_epoch(net, optimizer, frames, order, config, model_mean, progress, desc):
+def _flip_half(x: np.ndarray, rng) -> np.ndarray:
+    """Mirror a random half (each frame with probability ½) of a (n, H, W) batch along its last axis."""
+    chosen = rng.random(len(x)) < 0.5
+    if chosen.any():
+        x = x.copy()
+        x[chosen] = x[chosen, :, ::-1]
+    return x
+
+
+def _run_epoch(net, optimizer, frames, order, config, model_mean, progress, desc, epoch: int = 0):
     import torch
     from tqdm.auto import tqdm
 
@@ -901,9 +918,11 @@ def _run_epoch(net, optimizer, frames, order, config, model_mean, progress, desc
     # A last batch of one frame is dropped: BatchNorm cannot normalise one frame whose last feature map is
     # 1 × 1 (small binned inputs), and one frame out of an epoch changes nothing.
     usable = n - 1 if (n % config.batch_size == 1 and n > 1) else n
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xF11B, epoch]))
     with tqdm(total=usable, unit="img", desc=desc, disable=not progress, leave=False) as bar:
         for binned, labels, _ in frames.batches(order[:usable], config.batch_size):
-            x = _as_input(binned - model_mean)
+            centred = binned - model_mean
+            x = _as_input(_flip_half(centred, rng) if config.flip else centred)
             y = torch.from_numpy(code_to_output[labels])
             optimizer.zero_grad(set_to_none=True)
             logits = net(x)
@@ -1084,7 +1103,7 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
                     group["lr"] = lr
                 order = _epoch_order(train_idx, config.seed, epoch)
                 train_loss, train_acc = _run_epoch(net, optimizer, frames, order, config, mean, progress,
-                                                   f"epoch {epoch + 1}")
+                                                   f"epoch {epoch + 1}", epoch)
                 t_train = time.perf_counter() - t0
                 _recompute_batchnorm(net, frames, train_idx, config, mean, epoch)
                 val_loss, val_acc = _validate(net, frames, val_idx, config, mean)

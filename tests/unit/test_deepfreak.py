@@ -442,3 +442,32 @@ def test_the_frame_benchmark_times_the_file_and_the_store_in_one_run(tiny_set, c
         dfk.benchmark_frames(ds, batch=8, n_frames=10)
     assert cli.main(["bench", "sim", "--data", str(tiny_set)]) == 2
     assert "--data is for bench deepfreak only" in capsys.readouterr().err
+
+
+def test_flip_mirrors_whole_frames_left_right_and_leaves_the_rest():
+    x = np.arange(40 * 3 * 4, dtype=np.float32).reshape(40, 3, 4)
+    out = dfk._flip_half(x, np.random.default_rng(0))
+    mirrored = [k for k in range(40) if np.array_equal(out[k], x[k, :, ::-1])]
+    kept = [k for k in range(40) if np.array_equal(out[k], x[k])]
+    assert sorted(mirrored + kept) == list(range(40)) and 10 < len(mirrored) < 30
+    assert np.array_equal(x, np.arange(40 * 3 * 4, dtype=np.float32).reshape(40, 3, 4))  # input untouched
+    np.testing.assert_array_equal(out, dfk._flip_half(x, np.random.default_rng(0)))  # seeded
+    with pytest.raises(ValueError, match="flip"):
+        dfk.TrainConfig(flip=1)
+
+
+def test_training_with_flips_is_seeded_differs_and_keeps_its_checkpoint(tiny_set, tmp_path):
+    from safetensors.torch import load_file
+
+    config = dfk.TrainConfig(**TINY, epochs=1, flip=True)
+    a = dfk.train(tiny_set, tmp_path / "a", config, progress=False, threads=1)
+    b = dfk.train(tiny_set, tmp_path / "b", config, progress=False, threads=1)
+    assert a.history[0]["train_loss"] == b.history[0]["train_loss"]
+    dfk.train(tiny_set, tmp_path / "plain", dataclasses.replace(config, flip=False), progress=False, threads=1)
+    plain = load_file(tmp_path / "plain" / "checkpoint" / "weights.1.safetensors")
+    flipped = load_file(tmp_path / "a" / "checkpoint" / "weights.1.safetensors")
+    assert any(not torch.equal(plain[k], flipped[k]) for k in plain)  # the same run but for the flips
+    with pytest.raises(ValueError, match="another run"):
+        dfk.train(tiny_set, tmp_path / "a", dataclasses.replace(config, flip=False, epochs=2), progress=False,
+                  threads=1)
+    assert json.loads((tmp_path / "a" / "model.json").read_text())["train_config"]["flip"] is True
