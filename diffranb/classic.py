@@ -69,10 +69,11 @@ def pipeline_types(file) -> set:
     return found
 
 
-def untrusted_types(file) -> list:
-    """What a skops file holds beyond :data:`TRUSTED_OBJECTS` and plain builtins / numpy data."""
+def untrusted_types(file, trusted=TRUSTED_OBJECTS) -> list:
+    """What a skops file holds beyond ``trusted`` (default :data:`TRUSTED_OBJECTS`) and plain builtins / numpy
+    data."""
     return sorted(name for name, loader in pipeline_types(file)
-                  if name not in TRUSTED_OBJECTS
+                  if name not in trusted
                   and not (loader in DATA_NODES and name.split(".")[0] in ("builtins", "numpy")))
 
 
@@ -260,6 +261,24 @@ class ClassicModel:
         """Label codes of a (n, M, N) uint8 batch, (n,) int64."""
         return self.pipeline.predict(self.transform(images8)).astype(np.int64)
 
+    def scores(self, images8) -> np.ndarray:
+        """Class probabilities of a (n, M, N) uint8 batch, (n, n_classes) float64 in the order of
+        :attr:`classes` (0 for a class the training frames did not hold): a forest's vote shares. The SVMs here
+        are fitted without probability estimates, so an SVM pipeline gives its decision as 1 for the class it
+        predicts and 0 for the others."""
+        from .dataset import ALL_CLASSES
+
+        x = self.transform(images8)
+        codes = self.pipeline.classes_
+        if hasattr(self.pipeline[-1], "predict_proba"):
+            proba = self.pipeline.predict_proba(x)
+        else:
+            proba = (self.pipeline.predict(x)[:, None] == codes[None, :]).astype(np.float64)
+        out = np.zeros((len(x), len(self.classes)))
+        for column, code in enumerate(codes):
+            out[:, self.classes.index(ALL_CLASSES[int(code)])] = proba[:, column]
+        return out
+
     def predict_dataset(self, ds, indices, *, cache_dir=None, workers: int = 2, progress: bool = False):
         """Label codes of frames ``indices`` of an open data set, from its cached features (extracted in
         parallel if they are not yet on disk); equal to :meth:`predict` on the same frames."""
@@ -342,9 +361,16 @@ def load_model(path) -> ClassicModel:
     if (path / "vocabulary.npy").exists():
         vocab = features.Vocabulary(np.load(path / "vocabulary.npy", allow_pickle=False))
     mask = np.load(path / "mask.npy", allow_pickle=False) if (path / "mask.npy").exists() else None
-    if mask is not None and mask.dtype != bool:
-        raise ValueError(f"{str(path / 'mask.npy')!r}: a mask must be bool, not {mask.dtype}")
     config = ClassicConfig.from_dict(info["config"])
+    if "masked_pixels" in info and mask is None:
+        raise FileNotFoundError(f"{str(path)!r}: the model was trained with a detector mask, and mask.npy is missing")
+    if mask is not None:
+        if config.extractor != "spots":
+            raise ValueError(f"{str(path)!r}: a {config.label()} model holds no detector mask, yet mask.npy is there")
+        if mask.dtype != bool or mask.ndim != 2 or int(mask.sum()) != info.get("masked_pixels"):
+            raise ValueError(f"{str(path / 'mask.npy')!r}: {mask.dtype} of shape {mask.shape} with "
+                             f"{int(np.count_nonzero(mask))} pixels set; model.json says a bool frame mask of "
+                             f"{info.get('masked_pixels')} pixels")
     extra = {k: v for k, v in info.items() if k not in ("kind", "classes", "dataset_hash", "diffranb_version",
                                                         "config", "label")}
     return ClassicModel(config, pipeline, info["classes"], info["dataset_hash"], vocab, extra, mask)

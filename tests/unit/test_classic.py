@@ -8,12 +8,6 @@ import pytest
 from diffranb import classic, dataset, evaluate, features
 
 
-@pytest.fixture(scope="session")
-def tiny_set(tmp_path_factory):
-    return dataset.build(80, 0, tmp_path_factory.getbasetemp() / "classic_tiny.h5", pixels=128, workers=0,
-                         progress=False)
-
-
 @pytest.fixture(scope="module")
 def store(tiny_set, tmp_path_factory):
     return features.FeatureStore(tiny_set, tmp_path_factory.mktemp("features"), workers=0, progress=False)
@@ -73,11 +67,20 @@ def test_saved_model_loads_without_pickle_and_predicts_the_same(config, store, t
     assert predicted.dtype == np.int64 and predicted.shape == (len(test),)
     np.testing.assert_array_equal(predicted, model.predict(images))
     np.testing.assert_array_equal(predicted, streamed)
-    if config.extractor == "spots":  # the detector mask travels with the model
+    if config.extractor == "spots":  # the detector mask travels with the model, and cannot be lost quietly
         assert (path / "mask.npy").exists() and info["masked_pixels"] == int(store.mask().sum())
         np.testing.assert_array_equal(loaded.mask, store.mask())
+        np.save(path / "mask.npy", store.mask()[:3, :3])
+        with pytest.raises(ValueError, match="mask"):
+            classic.load_model(path)
+        (path / "mask.npy").unlink()
+        with pytest.raises(FileNotFoundError, match="mask.npy is missing"):
+            classic.load_model(path)
     else:
         assert loaded.mask is None and not (path / "mask.npy").exists()
+        np.save(path / "mask.npy", np.zeros((4, 4), bool))
+        with pytest.raises(ValueError, match="holds no detector mask"):
+            classic.load_model(path)
 
 
 def test_spot_model_uses_its_own_mask_on_other_sets(store, tiny_set, tmp_path):

@@ -11,13 +11,6 @@ from diffranb import dataset, features
 IMAGE_4X4 = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 2, 2, 2], [2, 2, 3, 3]], dtype=np.uint8)
 
 
-@pytest.fixture(scope="session")
-def tiny_set(tmp_path_factory):
-    """80 frames of 128² (built once per session; later builds at the same path return it)."""
-    return dataset.build(80, 0, tmp_path_factory.getbasetemp() / "classic_tiny.h5", pixels=128, workers=0,
-                         progress=False)
-
-
 def test_glcm_of_a_4x4_image_by_hand():
     # distance 1, angle 0: the 12 horizontal pairs are (0,0)×2, (0,1)×2, (1,1)×2, (0,2), (2,2)×3, (2,3),
     # (3,3); made symmetric they count 24, with gaps 1 (×6), 2 (×2) and 0 (the other 16)

@@ -8,12 +8,6 @@ import pytest
 from diffranb import classic, dataset, features, tune, viz
 
 
-@pytest.fixture(scope="session")
-def tiny_set(tmp_path_factory):
-    return dataset.build(80, 0, tmp_path_factory.getbasetemp() / "classic_tiny.h5", pixels=128, workers=0,
-                         progress=False)
-
-
 def test_every_point_of_the_space_is_a_valid_config():
     from hyperopt.pyll.stochastic import sample
 
