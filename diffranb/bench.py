@@ -140,6 +140,12 @@ def _init_classic_worker(model, frames):
     import cv2
 
     cv2.setNumThreads(1)
+    if isinstance(model, str):  # a saved model's directory (DeepFreak networks do not pickle)
+        from .evaluate import load_model
+
+        model = load_model(model)
+    if "torch" in sys.modules:  # a stacked model with a DeepFreak member: one thread per process
+        sys.modules["torch"].set_num_threads(1)
     _BENCH.update(model=model, frames=frames)
     model.predict(frames[:1])  # compile and warm up before the clock
 
@@ -153,6 +159,33 @@ def _predict_range(bounds):
 CLASSIC_ROUNDS = 5
 
 
+def _bench_frames(tmp, repeats: int):
+    """A small 512² set built in directory ``tmp`` (seed 7) and the 8-bit frames of its first ``repeats``."""
+    from .dataset import build, open_dataset
+
+    path = build(max(repeats, 120), 7, f"{tmp}/bench.h5", pixels=512, workers=0, progress=False)
+    with open_dataset(path) as ds:
+        return path, np.stack([ds.image8(i) for i in range(repeats)])
+
+
+def _frames_per_s_processes(fitted, frames, workers: int) -> float:
+    """Frames per second of ``fitted.predict`` over :data:`CLASSIC_ROUNDS` passes of ``frames`` on ``workers``
+    processes of one thread; ``fitted`` is a model or the directory each worker loads it from. Every worker
+    holds the model and the frames already: what is timed is the work, not moving frames."""
+    import pickle
+
+    if not isinstance(fitted, str):
+        fitted = pickle.loads(pickle.dumps(fitted))  # what the workers will receive
+    edges = np.linspace(0, len(frames), 2 * workers + 1).astype(int)
+    tasks = [(a, b) for a, b in zip(edges[:-1], edges[1:])] * CLASSIC_ROUNDS
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_classic_worker,
+                             initargs=(fitted, frames)) as pool:
+        list(pool.map(_predict_range, tasks[:workers]))
+        t0 = time.perf_counter()
+        list(pool.map(_predict_range, tasks))
+        return CLASSIC_ROUNDS * len(frames) / (time.perf_counter() - t0)
+
+
 def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     """Frames per second of a classic pipeline on 512² frames: feature extraction plus prediction.
 
@@ -162,17 +195,12 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     full-scale model to time its prediction). Timed over :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames in
     this process with one thread, and on ``workers`` processes that each hold the frames.
     """
-    import pickle
-
     from . import classic as cl
     from . import features
-    from .dataset import build, open_dataset
 
     out = {"cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
-        path = build(max(repeats, 120), 7, f"{tmp}/bench.h5", pixels=512, workers=0, progress=False)
-        with open_dataset(path) as ds:
-            frames = np.stack([ds.image8(i) for i in range(repeats)])
+        path, frames = _bench_frames(tmp, repeats)
         if model is None:
             store = features.FeatureStore(path, f"{tmp}/features", workers=1, progress=False)
             fitted = cl.train(cl.ClassicConfig.from_dict(CLASSIC_BEST), store, n_jobs=1)
@@ -197,15 +225,54 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     out["predict_frames_per_s_1core"] = n / predict
     out["frames_per_s_1core"] = n / (extract + predict)
     numba.set_num_threads(threads)
-    # every worker holds the frames already: what is timed is extraction and prediction, not moving frames
-    edges = np.linspace(0, repeats, 2 * workers + 1).astype(int)
-    tasks = [(a, b) for a, b in zip(edges[:-1], edges[1:])] * CLASSIC_ROUNDS
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_classic_worker,
-                             initargs=(pickle.loads(pickle.dumps(fitted)), frames)) as pool:
-        list(pool.map(_predict_range, tasks[:workers]))
-        t0 = time.perf_counter()
-        list(pool.map(_predict_range, tasks))
-        out[f"frames_per_s_{workers}proc"] = n / (time.perf_counter() - t0)
+    out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(fitted, frames, workers)
+    return out
+
+
+def stacked(repeats: int = 40, workers: int = 2, model=None) -> dict:
+    """Frames per second of a saved stacked model (:mod:`diffranb.stack`) on 512² frames: every member's
+    probabilities and the combiner, and each member alone, timed in the same run over
+    :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames in this process with one thread (numba, OpenCV,
+    torch); then the whole model on ``workers`` processes of one thread that each hold the frames."""
+    import cv2
+
+    from . import stack
+
+    if model is None:
+        raise ValueError("bench stacked: --model (a saved stacked model directory) is required")
+    fitted = stack.load_model(model)
+    out = {"cores": os.cpu_count(), "pipeline": fitted.label()}
+    with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+        frames = _bench_frames(tmp, repeats)[1]
+    threads = numba.get_num_threads()
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch else None
+    numba.set_num_threads(1)
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        fitted.predict(frames[:2])
+        timed = {f"member {k + 1} ({label})": m.scores for k, (m, label) in
+                 enumerate(zip(fitted.members, fitted.label().split(" & ")))} | {"whole": fitted.predict}
+        seconds = dict.fromkeys(timed, 0.0)
+        for _ in range(CLASSIC_ROUNDS):
+            for name, fn in timed.items():
+                t0 = time.perf_counter()
+                fn(frames)
+                seconds[name] += time.perf_counter() - t0
+    finally:
+        numba.set_num_threads(threads)
+        cv2.setNumThreads(cv2_threads)
+        if torch:
+            torch.set_num_threads(torch_threads)
+    n = CLASSIC_ROUNDS * repeats
+    for name, s in seconds.items():
+        if name != "whole":
+            out[f"{name} frames_per_s_1core"] = n / s
+    out["frames_per_s_1core"] = n / seconds["whole"]
+    out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(str(model), frames, workers)
     return out
 
 
@@ -248,13 +315,13 @@ def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dic
 
 def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line."""
-    kw = {"model": model} if what in ("classic", "deepfreak") else {}
+    kw = {"model": model} if what in ("classic", "deepfreak", "stacked") else {}
     if what == "deepfreak":
         kw["data"] = data
     elif data is not None:
         raise ValueError(f"bench {what}: --data is for bench deepfreak only")
-    result = {"sim": sim, "dataset": dataset, "classic": classic,
-              "deepfreak": deepfreak}[what](repeats=repeats, workers=workers, **kw)
+    result = {"sim": sim, "dataset": dataset, "classic": classic, "deepfreak": deepfreak,
+              "stacked": stacked}[what](repeats=repeats, workers=workers, **kw)
     for key, value in result.items():
         print(f"{key:45s} {value:10.3f}" if isinstance(value, float) else f"{key:45s} {value:>10}")
     return result

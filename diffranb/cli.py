@@ -55,18 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="print speed figures")
-    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak"], help="what to benchmark")
+    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked"], help="what to benchmark")
     p.add_argument("--repeats", type=int, default=40, help="images per measurement (default 40)")
     p.add_argument("--workers", type=int, default=2, help="processes for the multi-core figure (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.add_argument("--model", help="a saved model directory to time (bench classic: default fit the best pipeline; "
-                                   "bench deepfreak: default the paper's topology with random weights, unbinned)")
+                                   "bench deepfreak: default the paper's topology with random weights, unbinned; "
+                                   "bench stacked: required)")
     p.add_argument("--data", help="bench deepfreak: also time training on this set's frames, read from the file "
                                   "every epoch and kept in memory (deepfreak.BinnedFrames)")
     p.set_defaults(func=_bench)
     _add_dataset_commands(sub)
     _add_classic_commands(sub)
     _add_deepfreak_commands()
+    _add_stack_commands()
     return parser
 
 
@@ -191,7 +193,7 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(func=_tune_hyperopt)
 
-    p = sub.add_parser("evaluate", help="test a saved model (classic or DeepFreak) on a split of a data set")
+    p = sub.add_parser("evaluate", help="test a saved model (classic, DeepFreak or stacked) on a split of a data set")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="model directory (with model.json)")
     which.add_argument("--ideal-counter", nargs="?", const="count", metavar="METHOD",
@@ -296,7 +298,8 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        name = model.config.label() if hasattr(model, "config") else getattr(model, "kind", "model")
+        name = model.config.label() if hasattr(model, "config") else \
+            model.label() if callable(getattr(model, "label", None)) else getattr(model, "kind", "model")
         print(evaluate.format_report({name: result}))
     return 0
 
@@ -457,6 +460,38 @@ def _tune_bohb_worker(args) -> int:
                                         binning=args.binning, bin_mode=args.bin_mode, max_train=args.max_train,
                                         max_val=args.max_val, seed=args.seed, threads=args.threads)
     bohb.run_worker(objective, nameserver=host, nameserver_port=int(port), run_id=args.run_id, host=args.host)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stacked models (diffranb.stack): train stacked
+# ---------------------------------------------------------------------------------------------------------
+
+def _add_stack_commands() -> None:
+    p = TRAIN_KINDS["kinds"].add_parser("stacked", help="a logistic regression on the class probabilities of "
+                                                        "several saved models")
+    p.add_argument("--data", required=True, help="the data set, e.g. data/diffranet.h5")
+    p.add_argument("--members", required=True, type=_names,
+                   help="saved model directories, comma-separated (at least two, classic or DeepFreak)")
+    p.add_argument("--out", required=True, help="model directory to write (model.json, combiner.skops)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="val",
+                   help="frames the regression learns from (default val; not the members' training split)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train_stacked)
+
+
+def _train_stacked(args) -> int:
+    from . import stack
+
+    model = stack.fit(args.members, args.data, split=args.split, progress=not args.no_progress)
+    out = stack.save_model(model, args.out)
+    meta = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps(meta | {"command": args.command_line}, indent=2))
+    print(f"wrote {out}: {model.label()}, combiner fitted on the {model.info['n_fit']} frames of the "
+          f"{model.info['fitted_on']} split")
     return 0
 
 

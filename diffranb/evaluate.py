@@ -1,8 +1,9 @@
 """How well a classifier sorts frames: the metrics of DiffraNet's Tables 5, 11 and 12, for any saved model.
 
-A saved model is a directory holding ``model.json`` with at least ``{"kind": "classic" | "deepfreak",
-"classes": [...], "dataset_hash": ..., "diffranb_version": ...}``. :func:`load_model` reads ``kind`` and hands
-the directory to :func:`diffranb.classic.load_model` or :func:`diffranb.deepfreak.load_model`; either returns
+A saved model is a directory holding ``model.json`` with at least ``{"kind": "classic" | "deepfreak" |
+"stacked", "classes": [...], "dataset_hash": ..., "diffranb_version": ...}``. :func:`load_model` reads ``kind``
+and hands the directory to :func:`diffranb.classic.load_model`, :func:`diffranb.deepfreak.load_model` or
+:func:`diffranb.stack.load_model`; each returns
 an object with ``.classes`` and ``.predict(images8) -> (n,) int`` label codes for a (n, M, N) uint8 batch, and
 optionally ``.predict_dataset(ds, indices)``. :func:`metrics` and :func:`evaluate_model` serve both.
 
@@ -38,7 +39,7 @@ PAPER = {
 
 #: What a model directory must say about itself.
 MODEL_KEYS = ("kind", "classes", "dataset_hash", "diffranb_version")
-KINDS = {"classic": "diffranb.classic", "deepfreak": "diffranb.deepfreak"}
+KINDS = {"classic": "diffranb.classic", "deepfreak": "diffranb.deepfreak", "stacked": "diffranb.stack"}
 
 
 def read_model_json(path) -> dict:
@@ -179,6 +180,9 @@ def evaluate_model(model, ds, split: str = "test", *, progress: bool = False) ->
     """
     if list(model.classes) != list(ds.classes):
         raise ValueError(f"model classes {list(model.classes)} differ from the data set's {list(ds.classes)}")
+    fitted_on = getattr(model, "info", {}).get("fitted_on") if getattr(model, "kind", None) == "stacked" else None
+    if fitted_on == split and getattr(model, "dataset_hash", None) == ds.content_sha256:
+        raise ValueError(f"the stacked model's combiner was fitted on this set's {split} split: test it on another")
     indices = ds.indices(split)
     start = time.perf_counter()
     y_pred = predict_split(model, ds, indices, progress=progress)

@@ -132,7 +132,9 @@ def test_classic_tuning(tmp_path):
 def test_deepfreak(tmp_path):
     values = run_chapter("05_deepfreak", tmp_path, N_IMAGES=60, PIXELS=128, DATA_DIR=str(tmp_path), BINNING=2,
                          MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, FULL_RESULTS=str(tmp_path / "no-full-run"),
-                         OTHER_RESULTS=",".join(str(REPO / "results" / d) for d in ("deepfreak-hand", "deepfreak-bin2")))
+                         OTHER_RESULTS=",".join(str(REPO / "results" / d) for d in ("deepfreak-hand", "deepfreak-bin2")),
+                         SPOT_RESULTS=str(REPO / "results" / "classic-spots"),
+                         STACKED_RESULTS=str(REPO / "results" / "stacked"))
     print(f"chapter 5: {values['n_evaluations']} BOHB evaluations in {values['search_minutes']} min, "
           f"{values['train_images_per_s']} training frames/s")
     assert values["n_topologies"] == 13 and values["chosen_gmacs"] == 14.14  # the paper's topology 8 at 512²
@@ -146,3 +148,8 @@ def test_deepfreak(tmp_path):
     assert values["full_scale_committed"] is False
     committed = [d for d in ("deepfreak-hand", "deepfreak-bin2") if (REPO / "results" / d / "metrics.json").is_file()]
     assert values["n_other_runs"] == len(committed)  # the other committed runs are compared all the same
+    assert 0 <= values["stack_test_accuracy"] <= 100 and 0 <= values["stack_binary_accuracy"] <= 100
+    record = REPO / "results" / "stacked" / "test.json"
+    if record.is_file():  # the committed full-scale figure, shown as it is
+        metrics = json.loads(record.read_text())["metrics"]
+        assert values["full_stack_accuracy"] == round(100 * metrics["accuracy"], 2)
