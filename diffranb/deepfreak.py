@@ -1514,6 +1514,8 @@ def compare_records(records: dict) -> str:
         minutes = f"{sum(e['seconds'] for e in history) / 60:.0f}" if history else "—"
         chosen = "BOHB: " if r.get("bohb") else "set by hand: "
         side = f"binned {cfg['binning']}× by {cfg.get('bin_mode', 'mean')}" if cfg else "—"
+        if cfg.get("flip"):
+            side += ", mirrored in training"
         rows.append(f"| {name} | {chosen}{describe_config(cfg) if cfg else '—'} | {side} | "
                     f"{cfg.get('epochs', '—')} | {minutes} | {100 * t['accuracy']:.2f} % | "
                     f"{100 * t['binary_accuracy']:.2f} % | {t['macro_f1']:.3f} |")

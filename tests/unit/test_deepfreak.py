@@ -346,12 +346,12 @@ def test_report_writes_metrics_curves_and_confusion(tiny_set, trained, tmp_path)
     with pytest.raises(ValueError, match="not a record"):
         dfk.load_report(tmp_path / "bad")
     # several records side by side: a table and their validation curves
-    searched = {**older, "train_config": {**saved["train_config"], "binning": 2, "bin_mode": "max"}}
+    searched = {**older, "train_config": {**saved["train_config"], "binning": 2, "bin_mode": "max", "flip": True}}
     table = dfk.compare_records({"hand": saved, "searched": searched, "missing": None})
     lines = table.splitlines()
     assert len(lines) == 2 + 2 + 1 and lines[-1].startswith("| paper |") and "98.51 %" in lines[-1]
-    assert lines[2].startswith("| hand | set by hand: topology 9 (8 filters") and "binned 1× by mean" in lines[2]
-    assert lines[3].startswith("| searched | BOHB: ") and "binned 2× by max" in lines[3]
+    assert lines[2].startswith("| hand | set by hand: topology 9 (8 filters") and "binned 1× by mean |" in lines[2]
+    assert lines[3].startswith("| searched | BOHB: ") and "binned 2× by max, mirrored in training |" in lines[3]
     assert f"{100 * saved['test']['accuracy']:.2f} %" in lines[2]
     with pytest.raises(ValueError, match="no record"):
         dfk.compare_records({"missing": None})
