@@ -266,7 +266,7 @@ class ClassicModel:
         :attr:`classes` (0 for a class the training frames did not hold): a forest's vote shares. The SVMs here
         are fitted without probability estimates, so an SVM pipeline gives its decision as 1 for the class it
         predicts and 0 for the others."""
-        from .dataset import ALL_CLASSES
+        from .evaluate import class_columns
 
         x = self.transform(images8)
         codes = self.pipeline.classes_
@@ -274,10 +274,7 @@ class ClassicModel:
             proba = self.pipeline.predict_proba(x)
         else:
             proba = (self.pipeline.predict(x)[:, None] == codes[None, :]).astype(np.float64)
-        out = np.zeros((len(x), len(self.classes)))
-        for column, code in enumerate(codes):
-            out[:, self.classes.index(ALL_CLASSES[int(code)])] = proba[:, column]
-        return out
+        return class_columns(proba, codes, self.classes)
 
     def predict_dataset(self, ds, indices, *, cache_dir=None, workers: int = 2, progress: bool = False):
         """Label codes of frames ``indices`` of an open data set, from its cached features (extracted in

@@ -56,6 +56,23 @@ def read_model_json(path) -> dict:
     return info
 
 
+def class_columns(values, codes, classes) -> np.ndarray:
+    """Per-class columns of a scikit-learn estimator (ordered by its ``classes_``, label codes) rearranged into
+    the order of ``classes`` (names), with zeros for a class the estimator never saw; (n, len(classes)).
+
+    >>> class_columns([[0.25, 0.75]], [4, 2], ("blank", "weak", "strong")).tolist()
+    [[0.0, 0.75, 0.25]]
+    """
+    from .dataset import ALL_CLASSES
+
+    values = np.asarray(values, dtype=np.float64)
+    classes = list(classes)
+    out = np.zeros((len(values), len(classes)))
+    for column, code in enumerate(codes):
+        out[:, classes.index(ALL_CLASSES[int(code)])] = values[:, column]
+    return out
+
+
 def load_model(path):
     """Load a saved model of any kind; the module of its kind is imported only now."""
     info = read_model_json(path)

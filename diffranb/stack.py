@@ -90,13 +90,10 @@ class StackedModel:
 
     def scores(self, images8) -> np.ndarray:
         """Class probabilities, (n, n_classes) float64 in the order of :attr:`classes`."""
-        from .dataset import ALL_CLASSES
+        from .evaluate import class_columns
 
         proba = self.combiner.predict_proba(member_inputs(self.members, images8))
-        out = np.zeros((len(proba), len(self.classes)))
-        for column, code in enumerate(self.combiner.classes_):
-            out[:, self.classes.index(ALL_CLASSES[int(code)])] = proba[:, column]
-        return out
+        return class_columns(proba, self.combiner.classes_, self.classes)
 
     def predict(self, images8) -> np.ndarray:
         """Label codes of a (n, M, N) uint8 batch, (n,) int64."""
