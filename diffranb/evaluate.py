@@ -226,6 +226,23 @@ def comparison_rows(results: dict) -> list[tuple]:
     return rows
 
 
+def summary_markdown(results: dict) -> str:
+    """A Markdown table of accuracy, binary accuracy and accuracy on the crystal frames
+    (:func:`accuracy_among`), one row per method (name → :func:`metrics` output).
+
+    >>> m = metrics([0, 2, 3, 4], [0, 2, 3, 3], ["blank", "no-crystal", "weak", "good", "strong"])
+    >>> print(summary_markdown({"x": m}))
+    | | accuracy | binary | crystal frames |
+    |---|---|---|---|
+    | x | 75.00 % | 100.00 % | 66.67 % |
+    """
+    lines = ["| | accuracy | binary | crystal frames |", "|---|---|---|---|"]
+    for name, m in results.items():
+        lines.append(f"| {name} | {100 * m['accuracy']:.2f} % | {100 * m['binary_accuracy']:.2f} % | "
+                     f"{100 * accuracy_among(m):.2f} % |")
+    return "\n".join(lines)
+
+
 def format_report(results: dict) -> str:
     """Plain-text report: accuracies next to the paper's, then each method's confusion matrix and
     per-class precision and recall."""
