@@ -159,11 +159,12 @@ def _predict_range(bounds):
 CLASSIC_ROUNDS = 5
 
 
-def _bench_frames(tmp, repeats: int):
-    """A small 512² set built in directory ``tmp`` (seed 7) and the 8-bit frames of its first ``repeats``."""
+def _bench_frames(tmp, repeats: int, pixels: int = 512):
+    """A small set of ``pixels``² frames built in directory ``tmp`` (seed 7) and the 8-bit frames of its first
+    ``repeats``."""
     from .dataset import build, open_dataset
 
-    path = build(max(repeats, 120), 7, f"{tmp}/bench.h5", pixels=512, workers=0, progress=False)
+    path = build(max(repeats, 120), 7, f"{tmp}/bench.h5", pixels=pixels, workers=0, progress=False)
     with open_dataset(path) as ds:
         return path, np.stack([ds.image8(i) for i in range(repeats)])
 
@@ -289,7 +290,9 @@ def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dic
 
     Without ``model``: the paper's chosen topology with random weights, trained binned 4× and at full
     resolution (batch 16), inference at full resolution. ``model`` is a saved model directory: its topology
-    at its binning, bin mode and training batch size, inference through the model itself.
+    at its binning, bin mode and training batch size, inference through the model itself (its input map
+    included); then also ``frames_per_s_{workers}proc``, the model sorting simulated frames of its size on
+    ``workers`` processes of one thread each, as the classic pipelines are timed.
 
     With ``data`` (a built set), training is also timed on ``8 × repeats`` of its frames, read from the file
     every time and served from memory (:func:`diffranb.deepfreak.benchmark_frames`, keys ``frames_…``), with
@@ -303,13 +306,18 @@ def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dic
     if data is not None:
         d = dfk.TrainConfig()
         top, binning, mode, batch = d.topology, d.binning, d.bin_mode, d.batch_size
+        kind, mask = d.input, None
         if loaded is not None:
             top, binning, mode = out["topology"] - 1, loaded.binning, loaded.bin_mode
-            batch = out["train_batch"]
+            batch, kind, mask = out["train_batch"], loaded.input, loaded.mask
         with open_dataset(data) as ds:
             frames = dfk.benchmark_frames(ds, top=top, binning=binning, mode=mode, batch=batch,
-                                          n_frames=8 * repeats)
+                                          n_frames=8 * repeats, input_kind=kind, mask=mask)
         out.update({f"frames_{k}": v for k, v in frames.items()})
+    if loaded is not None:
+        with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+            frames8 = _bench_frames(tmp, repeats, out["pixels"])[1]
+        out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(str(model), frames8, workers)
     return out
 
 

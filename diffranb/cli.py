@@ -312,7 +312,7 @@ def _evaluate(args) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 def _add_deepfreak_commands() -> None:
-    from .deepfreak import BIN_MODES, FRAME_STORE_MIB, TOPOLOGIES, TrainConfig
+    from .deepfreak import BIN_MODES, FRAME_STORE_MIB, INPUTS, TOPOLOGIES, TrainConfig
 
     d = TrainConfig()
     p = TRAIN_KINDS["kinds"].add_parser("deepfreak", help="DeepFreak: a ResNet-50 on the frames (torch, CPU)")
@@ -339,6 +339,10 @@ def _add_deepfreak_commands() -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--flip", action="store_true", help="augment: mirror a seeded half of every training batch "
                                                        "left–right (not in the paper's recipe)")
+    p.add_argument("--input", choices=INPUTS, default=d.input,
+                   help="what the network is shown: the frame (the paper's) or its spot significance, a hit "
+                        "finder's map with the detector mask learnt from the training split (default "
+                        f"{d.input})")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--frame-store", type=float, default=FRAME_STORE_MIB, metavar="MIB",
                    help="memory for the binned training and validation frames, read once and kept for later "
@@ -415,7 +419,8 @@ def _train_deepfreak(args) -> int:
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     config = deepfreak.TrainConfig(**fields, epochs=args.epochs, binning=args.binning, seed=args.seed,
-                                   max_train=args.max_train, max_val=args.max_val, flip=args.flip)
+                                   max_train=args.max_train, max_val=args.max_val, flip=args.flip,
+                                   input=args.input)
     result = deepfreak.train(args.data, args.out, config, resume=not args.no_resume,
                              progress=not args.no_progress, threads=args.threads,
                              frame_store_mib=args.frame_store)

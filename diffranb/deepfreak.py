@@ -10,7 +10,10 @@ is what a CPU needs:
 - **Input.** The 8-bit frame (:func:`diffranb.dataset.to_8bit`), optionally binned ``b × b`` (the speed knob:
   4× binning makes every convolution 16× cheaper) by the mean or the maximum of each block
   (:func:`bin_images`; the maximum keeps one-pixel Bragg spots at full height), scaled to [0, 1], minus the
-  training set's per-pixel mean image (computed once by :func:`mean_image`, stored with the model).
+  training set's per-pixel mean image (computed once by :func:`mean_image`, stored with the model). Beyond
+  the paper, ``TrainConfig(input="spots")`` shows the network a hit finder's map of the frame instead, the
+  significance of a spot at every pixel with the detector masked (:func:`network_input`; the mask is learnt
+  from the training split and saved with the model).
 - **Training** (:func:`train`). SGD with momentum and weight decay, cross-entropy, the learning rate divided by
   10 every 10 epochs (:func:`learning_rate`; epoch 0 runs at the base rate). Frames stream from the HDF5 set
   in a seeded order. After every epoch BatchNorm's statistics are recomputed under the final weights, the
@@ -72,6 +75,14 @@ CHECKPOINT_FORMAT = "diffranb-deepfreak-checkpoint/1"
 STAGE_BLOCKS = (3, 4, 6, 3)
 #: How :func:`bin_images` reduces a block of pixels to one: its mean or its maximum.
 BIN_MODES = ("mean", "max")
+#: What the network is shown (:func:`network_input`): the 8-bit frame, or the significance map of its spots.
+INPUTS = ("frame", "spots")
+#: Median window (px) of the ``"spots"`` input's background (:func:`diffranb.features.spot_significance`).
+SPOT_INPUT_WINDOW = 5
+#: The ``"spots"`` input is kept as int8 codes, round(SPOT_CODE_STEPS · asinh(z / SPOT_CODE_KNEE)): steps of
+#: 0.125 in z about 0, of 6 % for bright spots, saturating at z ≈ 2,800 (a spot's significance is ≲ 500 here).
+SPOT_CODE_KNEE = 2.0
+SPOT_CODE_STEPS = 16
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -340,6 +351,13 @@ def topology_table(input_shape=(512, 512), n_classes: int = 5) -> list:
 # Input: binning and the mean image
 # ---------------------------------------------------------------------------------------------------------
 
+def check_input(kind, name: str = "input") -> str:
+    """``kind`` if it is one of :data:`INPUTS`, else a ``ValueError`` naming ``name``, the value and the choices."""
+    if not isinstance(kind, str) or kind not in INPUTS:
+        raise ValueError(f"{name} = {kind!r}: must be one of {', '.join(map(repr, INPUTS))}")
+    return kind
+
+
 def check_bin_mode(mode, name: str = "mode") -> str:
     """``mode`` if it is one of :data:`BIN_MODES`, else a ``ValueError`` naming ``name``, the value and the choices."""
     if not isinstance(mode, str) or mode not in BIN_MODES:
@@ -384,20 +402,25 @@ def bin_images(images8, binning: int = 1, mode: str = "mean") -> np.ndarray:
     >>> bin_images(spot, 2, "mean").tolist(), bin_images(spot, 2, "max").tolist()
     ([[[0.25]]], [[[1.0]]])
     """
+    return binned_to_input(_bin_codes(_checked_frames(images8, binning, mode), binning, mode), binning, mode)
+
+
+def _checked_frames(images8, binning, mode) -> np.ndarray:
+    """``images8`` as an (n, M, N) uint8 array, once it and the binning are known to be valid (else ValueError)."""
     images8 = np.asarray(images8)
     if images8.dtype != np.uint8:
         raise ValueError(f"images8.dtype = {images8.dtype}: must be uint8 (dataset.to_8bit)")
     if isinstance(binning, bool) or not isinstance(binning, (int, np.integer)) or binning < 1:
         raise ValueError(f"binning = {binning!r}: must be a whole number ≥ 1")
     check_bin_mode(mode)
-    if images8.ndim == 2:
-        images8 = images8[None]
-    return binned_to_input(_bin_codes(images8, binning, mode), binning, mode)
+    return images8[None] if images8.ndim == 2 else images8
 
 
-def _code_dtype(binning: int, mode: str):
-    """dtype of :func:`_bin_codes`: uint8 for frames and maxima, uint16 for sums up to 16 × 16 blocks
-    (255·256 < 2¹⁶), uint32 beyond."""
+def _code_dtype(binning: int, mode: str, input_kind: str = "frame"):
+    """dtype of :func:`_input_codes`: int8 for the spot input; for frames uint8 unbinned and for maxima,
+    uint16 for sums up to 16 × 16 blocks (255·256 < 2¹⁶), uint32 beyond."""
+    if input_kind == "spots":
+        return np.dtype(np.int8)
     if binning == 1 or mode == "max":
         return np.dtype(np.uint8)
     return np.dtype(np.uint16 if binning <= 16 else np.uint32)
@@ -425,6 +448,78 @@ def binned_to_input(codes, binning: int, mode: str) -> np.ndarray:
     return codes.astype(np.float32) / np.float32(255 * binning * binning)
 
 
+def spot_codes(images8, binning: int = 1, mode: str = "max", mask=None) -> np.ndarray:
+    """The ``"spots"`` input's integers: each frame's spot significance, binned, on a compressed int8 scale.
+
+    z is :func:`diffranb.features.spot_significance` with a :data:`SPOT_INPUT_WINDOW` median background and
+    the detector ``mask``: the 3 × 3 box sum above the local background in units of its noise at that
+    radius, 0 on masked pixels. It is what a hit finder thresholds, and what the spot forest of chapter 4
+    counts; the network is given the whole map instead of counts. Binning takes each block's maximum or mean
+    of z. The code is round(:data:`SPOT_CODE_STEPS` · asinh(z / :data:`SPOT_CODE_KNEE`)), clipped to ±127:
+    linear (steps of 0.125) in the noise, logarithmic for bright spots.
+
+    Parameters
+    ----------
+    images8 : (n, M, N) uint8
+    binning : int
+    mode : {"mean", "max"}
+    mask : (M, N) bool, optional
+        Pixels to ignore (:func:`diffranb.features.detector_mask`).
+
+    Returns
+    -------
+    (n, M // binning, N // binning) int8
+    """
+    from .features import spot_significance
+
+    n, m, k = images8.shape
+    hm, hk = m // binning, k // binning
+    if hm < 1 or hk < 1:
+        raise ValueError(f"binning = {binning}: larger than the {m} × {k} frames")
+    out = np.empty((n, hm, hk), dtype=np.int8)
+    for j, image in enumerate(images8):
+        z = spot_significance(image, SPOT_INPUT_WINDOW, mask)[0]
+        if binning > 1:
+            blocks = z[:hm * binning, :hk * binning].reshape(hm, binning, hk, binning)
+            z = blocks.max(axis=(1, 3)) if mode == "max" else blocks.mean(axis=(1, 3))
+        out[j] = np.clip(np.rint(SPOT_CODE_STEPS * np.arcsinh(z / np.float32(SPOT_CODE_KNEE))), -127, 127)
+    return out
+
+
+def _input_codes(images8, binning: int, mode: str, input_kind: str = "frame", mask=None) -> np.ndarray:
+    """The integers behind :func:`network_input` (checked uint8 (n, M, N) frames), as :class:`BinnedFrames`
+    stores them."""
+    if input_kind == "spots":
+        return spot_codes(images8, binning, mode, mask)
+    return _bin_codes(images8, binning, mode)
+
+
+def codes_to_input(codes, binning: int, mode: str, input_kind: str = "frame") -> np.ndarray:
+    """:func:`network_input`'s float32 result from its integers: for spots asinh(z / knee) / 4, about 0.3 at
+    z = 3 and 1 at z = 50."""
+    if input_kind == "spots":
+        return codes.astype(np.float32) / np.float32(4 * SPOT_CODE_STEPS)
+    return binned_to_input(codes, binning, mode)
+
+
+def network_input(images8, binning: int = 1, mode: str = "mean", input_kind: str = "frame",
+                  mask=None) -> np.ndarray:
+    """What the network is shown of 8-bit frames, before the mean image is subtracted (float32).
+
+    ``"frame"``: :func:`bin_images`, the frame scaled to [0, 1] and binned. ``"spots"``: :func:`spot_codes`
+    as floats, asinh(z / :data:`SPOT_CODE_KNEE`) / 4 of the binned spot significance (not in the paper).
+
+    Returns
+    -------
+    (n, M // binning, N // binning) float32
+    """
+    check_input(input_kind, "input_kind")
+    if input_kind == "frame":
+        return bin_images(images8, binning, mode)
+    images8 = _checked_frames(images8, binning, mode)
+    return codes_to_input(spot_codes(images8, binning, mode, mask), binning, mode, input_kind)
+
+
 #: Default memory for :class:`BinnedFrames` in :func:`train`, MiB. DiffraNet's 12,400 training and validation
 #: frames take 194 MiB (max, uint8) or 388 MiB (mean, uint16) at 4× binning, 775 MiB or 1.5 GiB at 2×; full
 #: frames (3.0 GiB) do not fit and are read from the file every epoch.
@@ -449,15 +544,21 @@ class BinnedFrames:
         Every frame that may be asked for (sizes the store).
     max_mib : float
         Memory the store may take; when the frames need more, nothing is stored and every batch is read.
+    input_kind : {"frame", "spots"}
+        What is served (:func:`network_input`): the spot input is stored as int8 codes, computed once.
+    mask : (M, N) bool, optional
+        The detector mask of the spot input.
     """
 
-    def __init__(self, ds, binning: int, mode: str, indices, *, max_mib: float = FRAME_STORE_MIB):
+    def __init__(self, ds, binning: int, mode: str, indices, *, max_mib: float = FRAME_STORE_MIB,
+                 input_kind: str = "frame", mask=None):
         check_bin_mode(mode)
         self.ds, self.binning, self.mode = ds, int(binning), mode
+        self.input, self.mask = check_input(input_kind, "input_kind"), mask
         indices = np.unique(np.asarray(indices, dtype=np.int64))
         m, k = ds.images.shape[1:]
         shape = (m // self.binning, k // self.binning)
-        dtype = _code_dtype(self.binning, mode)
+        dtype = _code_dtype(self.binning, mode, self.input)
         need = len(indices) * shape[0] * shape[1] * dtype.itemsize
         self.enabled = need <= max_mib * 2**20 and len(indices) > 0
         self.nbytes = need if self.enabled else 0
@@ -481,7 +582,7 @@ class BinnedFrames:
         if not self.enabled:
             for images, labels, chunk in self.ds.batches(indices, batch_size):
                 self.reads += len(chunk)
-                yield bin_images(images, self.binning, self.mode), labels, chunk
+                yield network_input(images, self.binning, self.mode, self.input, self.mask), labels, chunk
             return
         if not np.all(self._allowed[indices]):
             raise ValueError("BinnedFrames.batches: frames outside the indices the store was made for")
@@ -491,17 +592,18 @@ class BinnedFrames:
             if len(missing):
                 for images, _, got in self.ds.batches(missing, len(missing)):
                     slots = np.arange(self._filled, self._filled + len(got))
-                    self._codes[slots] = _bin_codes(images, self.binning, self.mode)
+                    self._codes[slots] = _input_codes(images, self.binning, self.mode, self.input, self.mask)
                     self._slot[got] = slots
                     self._filled += len(got)
                     self.reads += len(got)
-            yield binned_to_input(self._codes[self._slot[chunk]], self.binning, self.mode), \
+            yield codes_to_input(self._codes[self._slot[chunk]], self.binning, self.mode, self.input), \
                 self.ds.labels[chunk], chunk
 
 
 def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size: int = 64,
-               progress: bool = False, frames: BinnedFrames | None = None) -> np.ndarray:
-    """Per-pixel mean of the (binned, [0, 1]-scaled) frames ``indices`` of a data set.
+               progress: bool = False, frames: BinnedFrames | None = None, input_kind: str = "frame",
+               mask=None) -> np.ndarray:
+    """Per-pixel mean of the network input (:func:`network_input`) of the frames ``indices`` of a data set.
 
     Parameters
     ----------
@@ -512,7 +614,10 @@ def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size:
     mode : {"mean", "max"}
         Binning mode (:func:`bin_images`); the network's input must be binned the same way.
     frames : BinnedFrames, optional
-        Read the frames through this store (of the same binning and mode), which keeps them.
+        Read the frames through this store (of the same binning, mode and input), which keeps them.
+    input_kind : {"frame", "spots"}
+    mask : (M, N) bool, optional
+        The detector mask of the spot input.
 
     Returns
     -------
@@ -523,10 +628,10 @@ def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size:
     indices = np.asarray(indices)
     if len(indices) == 0:
         raise ValueError("indices is empty: the mean image needs at least one frame")
-    if frames is not None and (frames.binning, frames.mode) != (binning, mode):
-        raise ValueError(f"frames are binned {frames.binning} × {frames.binning} by {frames.mode}, not "
-                         f"{binning} × {binning} by {mode}")
-    frames = frames or BinnedFrames(ds, binning, mode, indices, max_mib=0)
+    if frames is not None and (frames.binning, frames.mode, frames.input) != (binning, mode, input_kind):
+        raise ValueError(f"frames serve {frames.input} binned {frames.binning} × {frames.binning} by "
+                         f"{frames.mode}, not {input_kind} binned {binning} × {binning} by {mode}")
+    frames = frames or BinnedFrames(ds, binning, mode, indices, max_mib=0, input_kind=input_kind, mask=mask)
     total = None
     with tqdm(total=len(indices), unit="img", desc="mean image", disable=not progress) as bar:
         for x, _, _ in frames.batches(np.sort(indices), batch_size):
@@ -555,6 +660,10 @@ class DeepFreakModel:
         How :func:`bin_images` reduces each block (models saved before the option existed: ``"mean"``).
     mean : (H, W) float32
         Mean image subtracted from every input.
+    input : {"frame", "spots"}
+        What the network is shown (:func:`network_input`; models saved before the option existed: ``"frame"``).
+    mask : (M, N) bool or None
+        The detector mask of the spot input, learnt from the training frames and saved with the model.
     info : dict
         Everything else ``model.json`` holds (topology, training configuration and history, data set hash).
     """
@@ -562,7 +671,7 @@ class DeepFreakModel:
     kind = "deepfreak"
 
     def __init__(self, network, classes, binning: int, mean: np.ndarray, info: dict | None = None, *,
-                 bin_mode: str = "mean"):
+                 bin_mode: str = "mean", input_kind: str = "frame", mask=None):
         from .dataset import ALL_CLASSES
 
         self.network = network.eval()
@@ -571,6 +680,8 @@ class DeepFreakModel:
         self.binning = int(binning)
         self.bin_mode = check_bin_mode(bin_mode, "bin_mode")
         self.mean = np.asarray(mean, dtype=np.float32)
+        self.input = check_input(input_kind, "input_kind")
+        self.mask = None if mask is None else np.asarray(mask, dtype=bool)
         self.info = dict(info or {})
 
     @property
@@ -583,8 +694,8 @@ class DeepFreakModel:
         return self.info.get("dataset_hash")
 
     def preprocess(self, images8):
-        """Network input for 8-bit frames: binned, scaled to [0, 1], minus the mean image; (n, 1, H, W) tensor."""
-        x = bin_images(images8, self.binning, self.bin_mode)
+        """Network input for 8-bit frames (:func:`network_input`) minus the mean image; (n, 1, H, W) tensor."""
+        x = network_input(images8, self.binning, self.bin_mode, self.input, self.mask)
         if x.shape[1:] != self.mean.shape:
             raise ValueError(f"frames of {np.asarray(images8).shape[-2:]} px binned {self.binning}× give "
                              f"{x.shape[1:]}, the model expects {self.mean.shape}")
@@ -624,20 +735,35 @@ class DeepFreakModel:
 
     def save(self, path) -> Path:
         """Write ``model.json`` and ``model.safetensors`` into directory ``path`` (created if missing)."""
-        return _save_model(path, self.network, self.classes, self.binning, self.bin_mode, self.mean, self.info)
+        return _save_model(path, self.network, self.classes, self.binning, self.bin_mode, self.mean, self.info,
+                           input_kind=self.input, mask=self.mask)
 
 
-def _model_json(network, classes, binning, bin_mode, mean, info) -> dict:
+def _model_json(network, classes, binning, bin_mode, mean, info, input_kind="frame", mask=None) -> dict:
     from . import __version__
 
     top = network.topology
+    spots = {} if input_kind == "frame" else {
+        "spot_window": SPOT_INPUT_WINDOW, "spot_code": [SPOT_CODE_KNEE, SPOT_CODE_STEPS],
+        "masked_pixels": None if mask is None else int(np.count_nonzero(mask)),
+        "mask_shape": None if mask is None else list(np.shape(mask))}
     return {**info, "kind": "deepfreak", "format": MODEL_FORMAT, "classes": list(classes),
             "diffranb_version": __version__, "topology": dataclasses.asdict(top),
             "input_shape": list(network.input_shape), "n_classes": len(classes), "binning": int(binning),
-            "bin_mode": bin_mode, "mean_shape": list(mean.shape), "dataset_hash": info.get("dataset_hash")}
+            "bin_mode": bin_mode, "input": input_kind, **spots, "mean_shape": list(mean.shape),
+            "dataset_hash": info.get("dataset_hash")}
 
 
-def _save_model(path, network, classes, binning, bin_mode, mean, info) -> Path:
+def _mask_tensors(mask) -> dict:
+    """The detector mask as a safetensors entry (uint8), or nothing."""
+    import torch
+
+    if mask is None:
+        return {}
+    return {"detector_mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8))}
+
+
+def _save_model(path, network, classes, binning, bin_mode, mean, info, *, input_kind="frame", mask=None) -> Path:
     """Write the two files of a saved model into ``path``, each through a temporary file and a rename
     (weights first: ``model.json`` is what makes the directory a model). Other files in ``path``, such as
     the training checkpoint, are left alone."""
@@ -648,8 +774,9 @@ def _save_model(path, network, classes, binning, bin_mode, mean, info) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().contiguous() for k, v in network.state_dict().items()}
     tensors["input_mean"] = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))
+    tensors.update(_mask_tensors(mask))
     save_file(tensors, path / "model.safetensors.writing")
-    meta = _model_json(network, classes, binning, bin_mode, mean, info)
+    meta = _model_json(network, classes, binning, bin_mode, mean, info, input_kind, mask)
     (path / "model.json.writing").write_text(json.dumps(meta, indent=1))
     os.replace(path / "model.safetensors.writing", path / "model.safetensors")
     os.replace(path / "model.json.writing", path / "model.json")
@@ -676,10 +803,27 @@ def load_model(path) -> DeepFreakModel:
     net = _network_class()(top, meta["n_classes"], meta["input_shape"]).to(memory_format=torch.channels_last)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     info = {k: v for k, v in meta.items() if k not in ("topology", "input_shape", "n_classes", "binning", "bin_mode",
-                                                          "classes", "mean_shape", "format")}
+                                                          "classes", "mean_shape", "format", "input", "spot_window",
+                                                          "spot_code", "masked_pixels", "mask_shape")}
+    # a model.json without "input" predates the option, when every model saw the frame itself
+    input_kind = meta.get("input", "frame")
+    mask = None
+    if input_kind == "spots":
+        if (meta.get("spot_window"), meta.get("spot_code")) != (SPOT_INPUT_WINDOW, [SPOT_CODE_KNEE, SPOT_CODE_STEPS]):
+            raise ValueError(f"{str(path)!r}: spot input of window {meta.get('spot_window')} and code "
+                             f"{meta.get('spot_code')}; this diffranb computes window {SPOT_INPUT_WINDOW}, code "
+                             f"{[SPOT_CODE_KNEE, SPOT_CODE_STEPS]}")
+        if meta.get("masked_pixels") is not None:
+            if "detector_mask" not in tensors:
+                raise ValueError(f"{str(path)!r}: a spot-input model without its detector mask "
+                                 "(model.safetensors has no 'detector_mask')")
+            mask = tensors["detector_mask"].numpy().astype(bool)
+            if list(mask.shape) != meta.get("mask_shape") or int(mask.sum()) != meta["masked_pixels"]:
+                raise ValueError(f"{str(path)!r}: the detector mask ({mask.shape}, {int(mask.sum())} pixels) is "
+                                 f"not the one model.json describes ({meta['masked_pixels']} pixels)")
     # a model.json without "bin_mode" predates the option, when every model was mean-binned
     return DeepFreakModel(net, meta["classes"], meta["binning"], tensors["input_mean"].numpy(), info,
-                          bin_mode=meta.get("bin_mode", "mean"))
+                          bin_mode=meta.get("bin_mode", "mean"), input_kind=input_kind, mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -723,6 +867,10 @@ class TrainConfig:
         after the mean image is subtracted. A mirrored frame is a frame of the same class: the count of
         reflections does not change, the polarisation and the beam centre's spread are symmetric about that
         axis, and the beamstop holder runs along it. Off in the paper's recipe.
+    input : {"frame", "spots"}
+        What the network is shown (:func:`network_input`): the frame, as in the paper, or its spot
+        significance (a hit finder's map, with the detector mask learnt from the training split), binned the
+        same way; ``bin_mode="max"`` then keeps each block's most significant pixel.
     """
 
     topology: int = CHOSEN_TOPOLOGY  # index into TOPOLOGIES
@@ -739,6 +887,7 @@ class TrainConfig:
     max_train: int | None = None  # frames (None: the whole training split)
     max_val: int | None = None  # frames (None: the whole validation split)
     flip: bool = False  # mirror half of each training batch left–right
+    input: str = "frame"  # "frame" or "spots" (network_input)
 
     def __post_init__(self):
         topology(self.topology)
@@ -762,6 +911,7 @@ class TrainConfig:
         check_bin_mode(self.bin_mode, "TrainConfig.bin_mode")
         if not isinstance(self.flip, bool):
             raise ValueError(f"TrainConfig.flip = {self.flip!r}: must be True or False")
+        check_input(self.input, "TrainConfig.input")
 
     def same_run(self, other: TrainConfig) -> bool:
         """Whether ``other`` trains the same way, only for more or fewer epochs (so a checkpoint can serve)."""
@@ -856,7 +1006,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_checkpoint(out: Path, net, optimizer, mean: np.ndarray, state: dict) -> None:
+def _write_checkpoint(out: Path, net, optimizer, mean: np.ndarray, state: dict, mask=None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -864,6 +1014,7 @@ def _write_checkpoint(out: Path, net, optimizer, mean: np.ndarray, state: dict) 
     state_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().contiguous() for k, v in net.state_dict().items()}
     tensors["input_mean"] = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))
+    tensors.update(_mask_tensors(mask))
     names = {id(p): n for n, p in net.named_parameters()}
     for group in optimizer.param_groups:
         for p in group["params"]:
@@ -894,6 +1045,13 @@ def _read_checkpoint(out: Path):
         raise ValueError(f"{str(state_path)!r}: damaged or foreign checkpoint; remove {out / 'checkpoint'} "
                          "or train with resume=False")
     return state, load_file(weights)
+
+
+def _same_mask(a, b) -> bool:
+    """Whether two optional detector masks are the same (both None, or equal arrays)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return np.shape(a) == np.shape(b) and bool(np.array_equal(a, b))
 
 
 def _flip_half(x: np.ndarray, rng) -> np.ndarray:
@@ -1055,13 +1213,20 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
         if len(train_idx) < 2 or len(val_idx) < 1:
             raise ValueError(f"{ds.path}: {len(train_idx)} training and {len(val_idx)} validation frames; "
                              "need at least 2 and 1")
+        mask = None
+        if config.input == "spots":
+            from .features import FeatureStore
+
+            # learnt from the training split only (a seeded sample), cached beside the set
+            mask = FeatureStore(ds.path, progress=progress).mask()
         if frames is None:
             frames = BinnedFrames(ds, config.binning, config.bin_mode, np.concatenate([train_idx, val_idx]),
-                                  max_mib=frame_store_mib)
-        elif frames.ds is not ds or (frames.binning, frames.mode) != (config.binning, config.bin_mode):
-            raise ValueError(f"frames: a store of another data set or binned {frames.binning} × "
-                             f"{frames.binning} by {frames.mode}, not {config.binning} × {config.binning} by "
-                             f"{config.bin_mode}")
+                                  max_mib=frame_store_mib, input_kind=config.input, mask=mask)
+        elif frames.ds is not ds or (frames.binning, frames.mode, frames.input) != \
+                (config.binning, config.bin_mode, config.input) or not _same_mask(frames.mask, mask):
+            raise ValueError(f"frames: a store of another data set or serving {frames.input} binned "
+                             f"{frames.binning} × {frames.binning} by {frames.mode}, not {config.input} binned "
+                             f"{config.binning} × {config.binning} by {config.bin_mode}")
         frame = ds.images.shape[1:]
         input_shape = (frame[0] // config.binning, frame[1] // config.binning)
         final = feature_shapes(topology(config.topology), input_shape)["stage4"]
@@ -1081,6 +1246,10 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
             if not saved.same_run(config) or state["dataset_hash"] != ds.content_sha256:
                 raise ValueError(f"{str(out)!r} holds a checkpoint of another run ({state['config']}, data set "
                                  f"{state['dataset_hash'][:12]}…): use another directory or resume=False")
+            saved_mask = tensors["detector_mask"].numpy().astype(bool) if "detector_mask" in tensors else None
+            if not _same_mask(saved_mask, mask):
+                raise ValueError(f"{str(out)!r}: the checkpoint's detector mask is not the one the set's training "
+                                 "frames give now: use another directory or resume=False")
             net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
             for name, p in net.named_parameters():
                 buf = tensors.get(f"momentum.{name}")
@@ -1089,7 +1258,8 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
             mean = np.asarray(tensors["input_mean"].numpy(), dtype=np.float32)
             history, best = state["history"], state["best"]
         else:
-            mean = mean_image(ds, train_idx, config.binning, config.bin_mode, progress=progress, frames=frames)
+            mean = mean_image(ds, train_idx, config.binning, config.bin_mode, progress=progress, frames=frames,
+                              input_kind=config.input, mask=mask)
             history, best = [], {"epoch": 0, "val_accuracy": -1.0}
         done = len(history)
         info = {"dataset_hash": ds.content_sha256, "dataset_path": str(ds.path), "train_config":
@@ -1115,10 +1285,11 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
                     best = {"epoch": epoch + 1, "val_accuracy": val_acc}
                     if save_best:
                         _save_model(out, net, ds.classes, config.binning, config.bin_mode, mean,
-                                    {**info, "epoch": epoch + 1, "val_accuracy": val_acc})
+                                    {**info, "epoch": epoch + 1, "val_accuracy": val_acc},
+                                    input_kind=config.input, mask=mask)
                 _write_checkpoint(out, net, optimizer, mean, {
                     "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "epochs_done": epoch + 1,
-                    "dataset_hash": ds.content_sha256, "history": history, "best": best})
+                    "dataset_hash": ds.content_sha256, "history": history, "best": best}, mask)
                 if log is not None:
                     log(entry)
                 bar.update(1)
@@ -1289,7 +1460,7 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
     out = {"topology": top + 1, "topology_description": topology(top).describe(), "pixels": pixels,
            "train_batch": train_batch, "cores": os.cpu_count(), "torch": torch.__version__}
     if model is not None:
-        out.update(model="trained", binning=model.binning, bin_mode=model.bin_mode)
+        out.update(model="trained", binning=model.binning, bin_mode=model.bin_mode, input=model.input)
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(max(threads))
@@ -1313,14 +1484,14 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
 
 
 def benchmark_frames(ds, *, top: int = CHOSEN_TOPOLOGY, binning: int = 4, mode: str = "mean", batch: int = 16,
-                     n_frames: int = 320, rounds: int = 2) -> dict:
+                     n_frames: int = 320, rounds: int = 2, input_kind: str = "frame", mask=None) -> dict:
     """Frames per second of training on a data set's own frames, read from the file every time versus served
     by :class:`BinnedFrames` after a first pass, in the same run.
 
     ``n_frames`` training frames in a seeded shuffled order; each figure is the fastest of ``rounds``
     passes, file and memory alternating so that a change in the machine's load hits both. Loading alone
     (batches delivered, nothing computed) and SGD steps of topology ``top`` on the delivered batches (on all
-    of torch's threads) are timed separately.
+    of torch's threads) are timed separately. ``input_kind`` and ``mask``: what is served (:func:`network_input`).
 
     Returns
     -------
@@ -1334,8 +1505,8 @@ def benchmark_frames(ds, *, top: int = CHOSEN_TOPOLOGY, binning: int = 4, mode: 
         raise ValueError(f"n_frames = {n_frames}: need at least two batches of {batch}")
     train_idx = ds.indices("train")
     order = np.random.default_rng(0).permutation(train_idx)[:n_frames]
-    from_file = BinnedFrames(ds, binning, mode, order, max_mib=0)
-    store = BinnedFrames(ds, binning, mode, order, max_mib=math.inf)
+    from_file = BinnedFrames(ds, binning, mode, order, max_mib=0, input_kind=input_kind, mask=mask)
+    store = BinnedFrames(ds, binning, mode, order, max_mib=math.inf, input_kind=input_kind, mask=mask)
     for _ in store.batches(order, 64):  # the first pass, which reads
         pass
     m, k = ds.images.shape[1:]
@@ -1361,7 +1532,8 @@ def benchmark_frames(ds, *, top: int = CHOSEN_TOPOLOGY, binning: int = 4, mode: 
                 seconds = time.perf_counter() - t0
                 key = f"{what}_frames_per_s_{name}"
                 best[key] = max(best.get(key, 0.0), len(order) / seconds)
-    return {"topology": top + 1, "binning": binning, "bin_mode": mode, "batch": batch, "frames": len(order),
+    return {"topology": top + 1, "binning": binning, "bin_mode": mode, "input": input_kind, "batch": batch,
+            "frames": len(order),
             "threads": torch.get_num_threads(), **best,
             "train_speedup": best["train_frames_per_s_store"] / best["train_frames_per_s_file"],
             "store_mib": store.nbytes / 2**20}
@@ -1475,8 +1647,10 @@ def describe_report(record: dict) -> str:
     if cfg:
         from .bohb import describe_config
 
-        lines.append(f"trained: {describe_config(cfg)}; {cfg['epochs']} epochs, binned {cfg['binning']}× by "
-                     f"{cfg.get('bin_mode', 'mean')}, seed {cfg['seed']}")
+        shown = "spot significance" if cfg.get("input") == "spots" else "frames"
+        lines.append(f"trained: {describe_config(cfg)}; {cfg['epochs']} epochs on {shown} binned {cfg['binning']}× "
+                     f"by {cfg.get('bin_mode', 'mean')}, seed {cfg['seed']}"
+                     + (", mirrored in training" if cfg.get("flip") else ""))
     if history:
         best = max(history, key=lambda e: e["val_accuracy"])
         lines.append(f"{len(history)} epochs in {sum(e['seconds'] for e in history) / 60:.1f} min, best epoch "
@@ -1514,6 +1688,8 @@ def compare_records(records: dict) -> str:
         minutes = f"{sum(e['seconds'] for e in history) / 60:.0f}" if history else "—"
         chosen = "BOHB: " if r.get("bohb") else "set by hand: "
         side = f"binned {cfg['binning']}× by {cfg.get('bin_mode', 'mean')}" if cfg else "—"
+        if cfg.get("input") == "spots":
+            side = "spot significance, " + side
         if cfg.get("flip"):
             side += ", mirrored in training"
         rows.append(f"| {name} | {chosen}{describe_config(cfg) if cfg else '—'} | {side} | "

@@ -207,6 +207,7 @@ def small_parameters(name: str, data_dir: Path, full_results: Path | None = None
         "05_deepfreak": dict(N_IMAGES=60, PIXELS=128, BINNING=2, MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, **data,
                              FULL_RESULTS=str(full_results / "deepfreak") if full_results else none,
                              OTHER_RESULTS=",".join(str(full_results / d) for d in ("deepfreak-hand", "deepfreak-bin2"))
-                             if full_results else none),
+                             if full_results else none,
+                             SPOT_NET_RESULTS=str(full_results / "deepfreak-bin2-spots") if full_results else none),
     }
     return table[name]

@@ -138,7 +138,8 @@ def test_deepfreak(tmp_path):
                          MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, FULL_RESULTS=str(tmp_path / "no-full-run"),
                          OTHER_RESULTS=",".join(str(REPO / "results" / d) for d in OTHER_RUNS),
                          SPOT_RESULTS=str(REPO / "results" / "classic-spots"),
-                         STACKED_RESULTS=str(REPO / "results" / "stacked"))
+                         STACKED_RESULTS=str(REPO / "results" / "stacked"),
+                         SPOT_NET_RESULTS=str(REPO / "results" / "deepfreak-bin2-spots"))
     print(f"chapter 5: {values['n_evaluations']} BOHB evaluations in {values['search_minutes']} min, "
           f"{values['train_images_per_s']} training frames/s")
     assert values["n_topologies"] == 13 and values["chosen_gmacs"] == 14.14  # the paper's topology 8 at 512²
@@ -157,3 +158,11 @@ def test_deepfreak(tmp_path):
     if record.is_file():  # the committed full-scale figure, shown as it is
         metrics = json.loads(record.read_text())["metrics"]
         assert values["full_stack_accuracy"] == round(100 * metrics["accuracy"], 2)
+    assert 0 <= values["spots_net_test_accuracy"] <= 100 and 0 <= values["spots_net_binary_accuracy"] <= 100
+    record = REPO / "results" / "deepfreak-bin2-spots" / "metrics.json"
+    if record.is_file():  # the committed full-scale figure, shown as it is
+        committed = json.loads(record.read_text())["test"]
+        assert values["full_spots_net_accuracy"] == round(100 * committed["accuracy"], 2)
+        assert values["full_spots_net_binary"] == round(100 * committed["binary_accuracy"], 2)
+    else:
+        assert math.isnan(values["full_spots_net_accuracy"])

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from diffranb import cli, dataset, deepfreak as dfk, evaluate, viz  # noqa: E402
+from diffranb import cli, dataset, deepfreak as dfk, evaluate, features, viz  # noqa: E402
 
 #: Width of the classifier of each topology on 512² frames in the authors' published worker ("final_size"
 #: × 4 bottleneck expansion): pins the strides, paddings and pools to the original networks.
@@ -185,11 +185,13 @@ def test_a_model_json_without_bin_mode_loads_as_mean(trained, tmp_path):
     old = tmp_path / "old-model"
     old.mkdir()
     (old / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
-    del meta["bin_mode"]
-    del meta["train_config"]["bin_mode"]
+    assert meta["input"] == "frame"
+    del meta["bin_mode"], meta["input"]
+    del meta["train_config"]["bin_mode"], meta["train_config"]["input"]
     (old / "model.json").write_text(json.dumps(meta))
-    model = dfk.load_model(old)
+    model = dfk.load_model(old)  # as written before either option existed
     assert model.bin_mode == "mean" and "bin_mode" not in model.info
+    assert model.input == "frame" and model.mask is None
 
 
 def test_a_checkpoint_resumes_only_with_its_bin_mode(tiny_set, trained, tmp_path):
@@ -373,8 +375,9 @@ def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, cap
     assert set(k for k in figures if k.startswith("train_images_per_s")) == {"train_images_per_s_bin2"}
     assert all(figures[f"infer_frames_per_s_1thread_batch{b}"] > 0 for b in (1, 4))
     # the command line's path, and a random network at full resolution when no model is given
-    printed = bench.run("deepfreak", repeats=1, workers=1, model=str(max_trained))
+    printed = bench.run("deepfreak", repeats=2, workers=2, model=str(max_trained))
     assert "bin_mode" in capsys.readouterr().out and printed["model"] == "trained"
+    assert printed["frames_per_s_2proc"] > 0  # two processes sorting frames of the model's size
     random = dfk.benchmark(8, 64, threads=(1,), batch_sizes=(2,), train_binnings=(2,), min_seconds=0.01)
     assert "model" not in random and random["infer_frames_per_s_1thread_batch2"] > 0
     # a model without its training record still runs (batch 16); one of no known topology is refused
@@ -386,28 +389,32 @@ def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, cap
         dfk.benchmark(threads=(1,), min_seconds=0.01, model=model)
 
 
-@pytest.mark.parametrize("binning, mode", [(1, "mean"), (2, "mean"), (2, "max"), (4, "mean"), (4, "max")])
-def test_the_frame_store_serves_exactly_what_binning_the_file_gives(tiny_set, binning, mode):
+@pytest.mark.parametrize("binning, mode, kind", [(1, "mean", "frame"), (2, "mean", "frame"), (2, "max", "frame"),
+                                                 (4, "mean", "frame"), (4, "max", "frame"), (1, "max", "spots"),
+                                                 (2, "max", "spots"), (4, "mean", "spots")])
+def test_the_frame_store_serves_exactly_what_binning_the_file_gives(tiny_set, binning, mode, kind):
+    mask = features.FeatureStore(tiny_set, progress=False).mask() if kind == "spots" else None
     with dataset.open_dataset(tiny_set) as ds:
         indices = ds.indices("train")
-        frames = dfk.BinnedFrames(ds, binning, mode, indices)
+        frames = dfk.BinnedFrames(ds, binning, mode, indices, input_kind=kind, mask=mask)
         assert frames.enabled and frames.nbytes > 0
         order = np.random.default_rng(1).permutation(indices)
         for _ in range(2):  # the first pass reads, the second serves from memory
             for x, labels, chunk in frames.batches(order, 7):
                 images, want_labels, want_chunk = next(ds.batches(chunk, len(chunk)))
-                expected = dfk.bin_images(images, binning, mode)
+                expected = dfk.network_input(images, binning, mode, kind, mask)
                 assert x.dtype == np.float32 and np.array_equal(x, expected)
                 assert np.array_equal(labels, want_labels) and np.array_equal(chunk, want_chunk)
         assert frames.reads == len(indices)  # every frame read once
         with pytest.raises(ValueError, match="outside"):
             next(frames.batches(ds.indices("test")[:2], 2))
         # too little memory: nothing is kept, every pass reads, and the floats are the same
-        small = dfk.BinnedFrames(ds, binning, mode, indices, max_mib=0)
+        small = dfk.BinnedFrames(ds, binning, mode, indices, max_mib=0, input_kind=kind, mask=mask)
         assert not small.enabled and small.nbytes == 0
         for _ in range(2):
             for x, _, chunk in small.batches(order, 7):
-                assert np.array_equal(x, dfk.bin_images(next(ds.batches(chunk, len(chunk)))[0], binning, mode))
+                images = next(ds.batches(chunk, len(chunk)))[0]
+                assert np.array_equal(x, dfk.network_input(images, binning, mode, kind, mask))
         assert small.reads == 2 * len(indices)
 
 
@@ -471,3 +478,124 @@ def test_training_with_flips_is_seeded_differs_and_keeps_its_checkpoint(tiny_set
         dfk.train(tiny_set, tmp_path / "a", dataclasses.replace(config, flip=False, epochs=2), progress=False,
                   threads=1)
     assert json.loads((tmp_path / "a" / "model.json").read_text())["train_config"]["flip"] is True
+
+
+def test_the_spot_input_is_the_binned_significance_on_an_asinh_scale():
+    rng = np.random.default_rng(3)
+    frames = rng.poisson(40.0, (2, 48, 48)).astype(np.uint8)
+    frames[0, 20, 30] = 250  # a one-pixel spot
+    frames[:, 5, 5] = 255  # a hot pixel, masked
+    mask = np.zeros((48, 48), bool)
+    mask[5, 5] = True
+    x = dfk.network_input(frames, 2, "max", "spots", mask)
+    assert x.shape == (2, 24, 24) and x.dtype == np.float32
+    for k in range(2):
+        z = features.spot_significance(frames[k], dfk.SPOT_INPUT_WINDOW, mask)[0]
+        zmax = z.reshape(24, 2, 24, 2).max(axis=(1, 3))
+        want = np.clip(np.rint(16 * np.arcsinh(zmax / 2.0)), -127, 127) / 64
+        np.testing.assert_allclose(x[k], want, atol=1e-7)
+        # the code's step is 0.125 in z about 0 (1/64 of the input), about 6 % of a bright spot
+        assert np.all(np.abs(2 * np.sinh(4 * x[k]) - zmax) <= 0.0625 + 0.032 * np.abs(zmax))
+    # the spot's box sums peak within a pixel of it: blocks 9–10 × 14–15 of the 2 × 2 grid
+    assert x[0, 9:11, 14:16].max() == x[0].max() > np.arcsinh(5.0) / 4  # z > 10
+    assert x[1].max() < np.arcsinh(3.0) / 4  # no spot: noise only, z < 6
+    # the masked hot pixel reads as background (its block is noise); unmasked, it is a bright spot
+    assert x[:, 2, 2].max() < np.arcsinh(3.0) / 4
+    assert dfk.network_input(frames, 2, "max", "spots")[:, 2, 2].min() > np.arcsinh(5.0) / 4
+    mean_binned = dfk.network_input(frames, 2, "mean", "spots", mask)
+    assert mean_binned[0, 10, 15] < x[0, 10, 15]  # averaging a block dilutes the spot
+    with pytest.raises(ValueError, match="input_kind = 'zmap'"):
+        dfk.network_input(frames, 2, "max", "zmap")
+    with pytest.raises(ValueError, match="TrainConfig.input"):
+        dfk.TrainConfig(input="zmap")
+    with pytest.raises(ValueError, match="uint8"):
+        dfk.network_input(frames.astype(np.float32), 2, "max", "spots")
+
+
+@pytest.fixture(scope="module")
+def spots_trained(classic_tiny_set, tmp_path_factory):
+    """A model trained by the command line on the spot input of 128² frames, 2× max-binned, one epoch."""
+    out = tmp_path_factory.mktemp("spots-model") / "deepfreak"
+    args = ["train", "deepfreak", "--data", str(classic_tiny_set), "--out", str(out), "--topology", "9", "--epochs", "1",
+            "--binning", "2", "--bin-mode", "max", "--input", "spots", "--batch-size", "8", "--max-train", "16",
+            "--threads", "1", "--no-progress"]
+    assert cli.main(args) == 0
+    return out
+
+
+def test_a_spot_input_model_keeps_the_training_splits_mask_and_predicts_the_same_reloaded(classic_tiny_set,
+                                                                                       spots_trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads((spots_trained / "model.json").read_text())
+    assert meta["input"] == "spots" and meta["train_config"]["input"] == "spots"
+    assert meta["spot_window"] == dfk.SPOT_INPUT_WINDOW and meta["mask_shape"] == [128, 128]
+    mask = features.FeatureStore(classic_tiny_set, progress=False).mask()  # learnt from the training split
+    assert mask.any()  # the beamstop's shadow, at least
+    model = dfk.load_model(spots_trained)
+    assert model.input == "spots" and np.array_equal(model.mask, mask) and meta["masked_pixels"] == mask.sum()
+    with dataset.open_dataset(classic_tiny_set) as ds:
+        train = dfk.subset(ds, "train", 16, 0)
+        frames = np.stack([ds.image8(i) for i in train])
+        test = np.stack([ds.image8(i) for i in ds.indices("test")[:12]])
+    expected_mean = dfk.network_input(frames, 2, "max", "spots", mask).astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(model.mean, expected_mean, atol=1e-6)
+    x = model.preprocess(test[:2]).numpy()[:, 0]
+    np.testing.assert_allclose(x, dfk.network_input(test[:2], 2, "max", "spots", mask) - model.mean, atol=1e-6)
+    again = dfk.load_model(model.save(tmp_path / "copy"))
+    assert again.input == "spots" and np.array_equal(again.mask, mask)
+    np.testing.assert_array_equal(again.predict(test), model.predict(test))
+    assert dfk.grad_cam(model, test[:2]).shape == (2, 128, 128)
+    assert not np.allclose(x, dfk.network_input(test[:2], 2, "max", "spots") - model.mean)  # the mask matters
+    # the mask is part of the model: without it, or with another one, loading refuses
+    tensors = load_file(spots_trained / "model.safetensors")
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    (lost / "model.json").write_text(json.dumps(meta))
+    save_file({k: v for k, v in tensors.items() if k != "detector_mask"}, lost / "model.safetensors")
+    with pytest.raises(ValueError, match="without its detector mask"):
+        dfk.load_model(lost)
+    other = dict(tensors)
+    other["detector_mask"] = torch.zeros_like(tensors["detector_mask"])
+    save_file(other, lost / "model.safetensors")
+    with pytest.raises(ValueError, match="not the one model.json describes"):
+        dfk.load_model(lost)
+    # frame models saved before the option existed load as frame models
+    assert dfk.load_model(dfk.DeepFreakModel(model.network, model.classes, 2, model.mean, bin_mode="max")
+                          .save(tmp_path / "frame")).input == "frame"
+
+
+def test_a_spot_input_checkpoint_resumes_only_as_spots_and_with_its_mask(classic_tiny_set, spots_trained,
+                                                                         tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    config = dfk.TrainConfig(topology=9, epochs=2, binning=2, bin_mode="max", input="spots", batch_size=8,
+                             max_train=16)
+    with pytest.raises(ValueError, match="another run"):
+        dfk.train(classic_tiny_set, spots_trained, dataclasses.replace(config, input="frame"), progress=False,
+                  threads=1)
+    run = tmp_path / "run"
+    shutil.copytree(spots_trained, run)
+    state_path = run / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    weights = run / "checkpoint" / state["weights"]
+    tensors = load_file(weights)
+    assert np.array_equal(tensors["detector_mask"].numpy().astype(bool),
+                          features.FeatureStore(classic_tiny_set, progress=False).mask())
+    tensors["detector_mask"] = 1 - tensors["detector_mask"]
+    save_file(tensors, weights)
+    state["weights_sha256"] = dfk._sha256_file(weights)
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="detector mask"):
+        dfk.train(classic_tiny_set, run, config, progress=False, threads=1)
+    assert dfk.train(classic_tiny_set, spots_trained, config, progress=False, threads=1).resumed_from == 1
+
+
+def test_the_benchmark_times_a_spot_input_model_with_its_spot_map(classic_tiny_set, spots_trained):
+    model = dfk.load_model(spots_trained)
+    figures = dfk.benchmark(threads=(1,), batch_sizes=(2,), min_seconds=0.01, model=model)
+    assert figures["input"] == "spots" and figures["infer_frames_per_s_1thread_batch2"] > 0
+    with dataset.open_dataset(classic_tiny_set) as ds:
+        result = dfk.benchmark_frames(ds, top=9, binning=2, mode="max", batch=8, n_frames=16, rounds=1,
+                                      input_kind="spots", mask=model.mask)
+    assert result["input"] == "spots" and result["store_mib"] == pytest.approx(16 * 64 * 64 / 2**20)
