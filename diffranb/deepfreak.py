@@ -30,8 +30,8 @@ is what a CPU needs:
   (uint16 sums); ``diffranb bench deepfreak --data`` times training from the file and from memory in one run
   (``results/deepfreak-hand/bench.json``: 63 → 171 frames/s at 4× binning).
 - **Saved models** are a directory: ``model.json`` (``kind``, ``classes``, ``dataset_hash``, topology,
-  preprocessing, training history) and ``model.safetensors`` (weights and mean image). Loading unpickles
-  nothing (:func:`load_model`).
+  preprocessing, training history) and ``model.safetensors`` (weights, mean image and, for the spot input,
+  the detector mask). Loading unpickles nothing (:func:`load_model`).
 
 References
 ----------
@@ -628,9 +628,11 @@ def mean_image(ds, indices, binning: int = 1, mode: str = "mean", *, batch_size:
     indices = np.asarray(indices)
     if len(indices) == 0:
         raise ValueError("indices is empty: the mean image needs at least one frame")
-    if frames is not None and (frames.binning, frames.mode, frames.input) != (binning, mode, input_kind):
+    if frames is not None and ((frames.binning, frames.mode, frames.input) != (binning, mode, input_kind)
+                               or not _same_mask(frames.mask, mask)):
         raise ValueError(f"frames serve {frames.input} binned {frames.binning} × {frames.binning} by "
-                         f"{frames.mode}, not {input_kind} binned {binning} × {binning} by {mode}")
+                         f"{frames.mode} (mask {mask_digest(frames.mask)}), not {input_kind} binned {binning} × "
+                         f"{binning} by {mode} (mask {mask_digest(mask)})")
     frames = frames or BinnedFrames(ds, binning, mode, indices, max_mib=0, input_kind=input_kind, mask=mask)
     total = None
     with tqdm(total=len(indices), unit="img", desc="mean image", disable=not progress) as bar:
@@ -682,6 +684,9 @@ class DeepFreakModel:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.input = check_input(input_kind, "input_kind")
         self.mask = None if mask is None else np.asarray(mask, dtype=bool)
+        if (self.input == "spots") != (self.mask is not None):
+            raise ValueError(f"a model of input {self.input!r} with{'out' if self.mask is None else ''} a detector "
+                             "mask: the spot input needs one (all False: nothing masked), the frame input none")
         self.info = dict(info or {})
 
     @property
@@ -743,15 +748,30 @@ def _model_json(network, classes, binning, bin_mode, mean, info, input_kind="fra
     from . import __version__
 
     top = network.topology
-    spots = {} if input_kind == "frame" else {
-        "spot_window": SPOT_INPUT_WINDOW, "spot_code": [SPOT_CODE_KNEE, SPOT_CODE_STEPS],
-        "masked_pixels": None if mask is None else int(np.count_nonzero(mask)),
-        "mask_shape": None if mask is None else list(np.shape(mask))}
+    spots = {} if input_kind == "frame" else {**_spot_input_version(), "mask_digest": mask_digest(mask),
+                                              "masked_pixels": int(np.count_nonzero(mask)),
+                                              "mask_shape": list(np.shape(mask))}
     return {**info, "kind": "deepfreak", "format": MODEL_FORMAT, "classes": list(classes),
             "diffranb_version": __version__, "topology": dataclasses.asdict(top),
             "input_shape": list(network.input_shape), "n_classes": len(classes), "binning": int(binning),
             "bin_mode": bin_mode, "input": input_kind, **spots, "mean_shape": list(mean.shape),
             "dataset_hash": info.get("dataset_hash")}
+
+
+def _spot_input_version() -> dict:
+    """What makes a spot input (saved with models and checkpoints, checked when they are read): the version
+    of :func:`diffranb.features.spot_significance`, its window and the int8 code."""
+    from .features import EXTRACTOR_VERSIONS
+
+    return {"spot_version": EXTRACTOR_VERSIONS["spots"], "spot_window": SPOT_INPUT_WINDOW,
+            "spot_code": [SPOT_CODE_KNEE, SPOT_CODE_STEPS]}
+
+
+def mask_digest(mask) -> str:
+    """:func:`diffranb.features.mask_digest`: a fingerprint of a detector mask ("none" for None)."""
+    from .features import mask_digest as digest
+
+    return digest(mask)
 
 
 def _mask_tensors(mask) -> dict:
@@ -802,25 +822,28 @@ def load_model(path) -> DeepFreakModel:
     top = Topology(**{**meta["topology"], "block_strides": tuple(meta["topology"]["block_strides"])})
     net = _network_class()(top, meta["n_classes"], meta["input_shape"]).to(memory_format=torch.channels_last)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    spot_keys = ("input", "spot_version", "spot_window", "spot_code", "mask_digest", "masked_pixels", "mask_shape")
     info = {k: v for k, v in meta.items() if k not in ("topology", "input_shape", "n_classes", "binning", "bin_mode",
-                                                          "classes", "mean_shape", "format", "input", "spot_window",
-                                                          "spot_code", "masked_pixels", "mask_shape")}
+                                                          "classes", "mean_shape", "format") + spot_keys}
     # a model.json without "input" predates the option, when every model saw the frame itself
     input_kind = meta.get("input", "frame")
     mask = None
     if input_kind == "spots":
-        if (meta.get("spot_window"), meta.get("spot_code")) != (SPOT_INPUT_WINDOW, [SPOT_CODE_KNEE, SPOT_CODE_STEPS]):
-            raise ValueError(f"{str(path)!r}: spot input of window {meta.get('spot_window')} and code "
-                             f"{meta.get('spot_code')}; this diffranb computes window {SPOT_INPUT_WINDOW}, code "
-                             f"{[SPOT_CODE_KNEE, SPOT_CODE_STEPS]}")
-        if meta.get("masked_pixels") is not None:
-            if "detector_mask" not in tensors:
-                raise ValueError(f"{str(path)!r}: a spot-input model without its detector mask "
-                                 "(model.safetensors has no 'detector_mask')")
-            mask = tensors["detector_mask"].numpy().astype(bool)
-            if list(mask.shape) != meta.get("mask_shape") or int(mask.sum()) != meta["masked_pixels"]:
-                raise ValueError(f"{str(path)!r}: the detector mask ({mask.shape}, {int(mask.sum())} pixels) is "
-                                 f"not the one model.json describes ({meta['masked_pixels']} pixels)")
+        made = {k: meta.get(k) for k in _spot_input_version()}
+        if made != _spot_input_version():
+            raise ValueError(f"{str(path)!r}: a spot input made as {made}; this diffranb makes "
+                             f"{_spot_input_version()}: retrain the model")
+        if "detector_mask" not in tensors:
+            raise ValueError(f"{str(path)!r}: a spot-input model without its detector mask "
+                             "(model.safetensors has no 'detector_mask')")
+        mask = tensors["detector_mask"].numpy().astype(bool)
+        if mask_digest(mask) != meta.get("mask_digest"):
+            raise ValueError(f"{str(path)!r}: the detector mask in model.safetensors ({int(mask.sum())} pixels, "
+                             f"digest {mask_digest(mask)}) is not the one model.json describes "
+                             f"({meta.get('masked_pixels')} pixels, digest {meta.get('mask_digest')})")
+    elif "detector_mask" in tensors:
+        raise ValueError(f"{str(path)!r}: a frame-input model with a detector mask: model.json and "
+                         "model.safetensors disagree")
     # a model.json without "bin_mode" predates the option, when every model was mean-binned
     return DeepFreakModel(net, meta["classes"], meta["binning"], tensors["input_mean"].numpy(), info,
                           bin_mode=meta.get("bin_mode", "mean"), input_kind=input_kind, mask=mask)
@@ -1225,8 +1248,9 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
         elif frames.ds is not ds or (frames.binning, frames.mode, frames.input) != \
                 (config.binning, config.bin_mode, config.input) or not _same_mask(frames.mask, mask):
             raise ValueError(f"frames: a store of another data set or serving {frames.input} binned "
-                             f"{frames.binning} × {frames.binning} by {frames.mode}, not {config.input} binned "
-                             f"{config.binning} × {config.binning} by {config.bin_mode}")
+                             f"{frames.binning} × {frames.binning} by {frames.mode} (mask "
+                             f"{mask_digest(frames.mask)}), not {config.input} binned {config.binning} × "
+                             f"{config.binning} by {config.bin_mode} (mask {mask_digest(mask)})")
         frame = ds.images.shape[1:]
         input_shape = (frame[0] // config.binning, frame[1] // config.binning)
         final = feature_shapes(topology(config.topology), input_shape)["stage4"]
@@ -1247,6 +1271,10 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
                 raise ValueError(f"{str(out)!r} holds a checkpoint of another run ({state['config']}, data set "
                                  f"{state['dataset_hash'][:12]}…): use another directory or resume=False")
             saved_mask = tensors["detector_mask"].numpy().astype(bool) if "detector_mask" in tensors else None
+            if config.input == "spots" and state.get("spot_input") != _spot_input_version():
+                raise ValueError(f"{str(out)!r}: a checkpoint of a spot input made as {state.get('spot_input')}; "
+                                 f"this diffranb makes {_spot_input_version()}: use another directory or "
+                                 "resume=False")
             if not _same_mask(saved_mask, mask):
                 raise ValueError(f"{str(out)!r}: the checkpoint's detector mask is not the one the set's training "
                                  "frames give now: use another directory or resume=False")
@@ -1289,7 +1317,8 @@ def train(data, out, config: TrainConfig = TrainConfig(), *, resume: bool = True
                                     input_kind=config.input, mask=mask)
                 _write_checkpoint(out, net, optimizer, mean, {
                     "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "epochs_done": epoch + 1,
-                    "dataset_hash": ds.content_sha256, "history": history, "best": best}, mask)
+                    "dataset_hash": ds.content_sha256, "history": history, "best": best,
+                    **({"spot_input": _spot_input_version()} if config.input == "spots" else {})}, mask)
                 if log is not None:
                     log(entry)
                 bar.update(1)
@@ -1456,7 +1485,8 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
         top, classes = TOPOLOGIES.index(model.network.topology), model.classes
         train_binnings = (model.binning,)
         train_batch = int((model.info.get("train_config") or {}).get("batch_size", 16))
-        pixels = model.mean.shape[0] * model.binning
+        # the frames it was trained on: the spot input's mask has their shape; binning may have cut a margin
+        pixels = model.mask.shape[0] if model.mask is not None else model.mean.shape[0] * model.binning
     out = {"topology": top + 1, "topology_description": topology(top).describe(), "pixels": pixels,
            "train_batch": train_batch, "cores": os.cpu_count(), "torch": torch.__version__}
     if model is not None:

@@ -86,7 +86,9 @@ class StackedModel:
 
     def label(self) -> str:
         """Short name, e.g. ``RF+SPOTS & DeepFreak``."""
-        return " & ".join(m.config.label() if hasattr(m, "config") else "DeepFreak" for m in self.members)
+        return " & ".join(m.config.label() if hasattr(m, "config") else
+                          "DeepFreak" + (" (spots)" if getattr(m, "input", "frame") == "spots" else "")
+                          for m in self.members)
 
     def scores(self, images8) -> np.ndarray:
         """Class probabilities, (n, n_classes) float64 in the order of :attr:`classes`."""

@@ -161,8 +161,11 @@ def test_deepfreak(tmp_path):
     assert 0 <= values["spots_net_test_accuracy"] <= 100 and 0 <= values["spots_net_binary_accuracy"] <= 100
     record = REPO / "results" / "deepfreak-bin2-spots" / "metrics.json"
     if record.is_file():  # the committed full-scale figure, shown as it is
-        committed = json.loads(record.read_text())["test"]
-        assert values["full_spots_net_accuracy"] == round(100 * committed["accuracy"], 2)
-        assert values["full_spots_net_binary"] == round(100 * committed["binary_accuracy"], 2)
+        committed = json.loads(record.read_text())
+        assert values["full_spots_net_accuracy"] == round(100 * committed["test"]["accuracy"], 2)
+        assert values["full_spots_net_binary"] == round(100 * committed["test"]["binary_accuracy"], 2)
+        # the run the chapter's text describes
+        described = {"input": "spots", "binning": 2, "bin_mode": "max", "flip": True, "epochs": 15}
+        assert {k: committed["train_config"][k] for k in described} == described
     else:
         assert math.isnan(values["full_spots_net_accuracy"])

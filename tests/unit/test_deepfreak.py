@@ -393,7 +393,11 @@ def test_the_benchmark_times_a_trained_model_as_it_sorts_frames(max_trained, cap
                                                  (4, "mean", "frame"), (4, "max", "frame"), (1, "max", "spots"),
                                                  (2, "max", "spots"), (4, "mean", "spots")])
 def test_the_frame_store_serves_exactly_what_binning_the_file_gives(tiny_set, binning, mode, kind):
-    mask = features.FeatureStore(tiny_set, progress=False).mask() if kind == "spots" else None
+    mask = None
+    if kind == "spots":  # this set's own mask is empty: a made-up one, so that masking is exercised
+        mask = np.zeros((64, 64), bool)
+        mask[28:36, 30:64] = True
+        mask[3, 7] = True
     with dataset.open_dataset(tiny_set) as ds:
         indices = ds.indices("train")
         frames = dfk.BinnedFrames(ds, binning, mode, indices, input_kind=kind, mask=mask)
@@ -556,13 +560,25 @@ def test_a_spot_input_model_keeps_the_training_splits_mask_and_predicts_the_same
     with pytest.raises(ValueError, match="without its detector mask"):
         dfk.load_model(lost)
     other = dict(tensors)
-    other["detector_mask"] = torch.zeros_like(tensors["detector_mask"])
+    other["detector_mask"] = torch.roll(tensors["detector_mask"], 1, 0)  # as many pixels, elsewhere
     save_file(other, lost / "model.safetensors")
     with pytest.raises(ValueError, match="not the one model.json describes"):
         dfk.load_model(lost)
-    # frame models saved before the option existed load as frame models
-    assert dfk.load_model(dfk.DeepFreakModel(model.network, model.classes, 2, model.mean, bin_mode="max")
-                          .save(tmp_path / "frame")).input == "frame"
+    # a spot input made by another version of the spot map is refused too
+    save_file(tensors, lost / "model.safetensors")
+    (lost / "model.json").write_text(json.dumps({**meta, "spot_version": meta["spot_version"] - 1}))
+    with pytest.raises(ValueError, match="retrain"):
+        dfk.load_model(lost)
+    (lost / "model.json").write_text(json.dumps({**meta, "input": "frame"}))
+    with pytest.raises(ValueError, match="disagree"):
+        dfk.load_model(lost)
+    # a spot input needs a mask (all False for none), a frame input takes none
+    with pytest.raises(ValueError, match="needs one"):
+        dfk.DeepFreakModel(model.network, model.classes, 2, model.mean, bin_mode="max", input_kind="spots")
+    with pytest.raises(ValueError, match="needs one"):
+        dfk.DeepFreakModel(model.network, model.classes, 2, model.mean, bin_mode="max", mask=mask)
+    frame = dfk.DeepFreakModel(model.network, model.classes, 2, model.mean, bin_mode="max")
+    assert dfk.load_model(frame.save(tmp_path / "frame")).input == "frame"
 
 
 def test_a_spot_input_checkpoint_resumes_only_as_spots_and_with_its_mask(classic_tiny_set, spots_trained,
@@ -588,11 +604,27 @@ def test_a_spot_input_checkpoint_resumes_only_as_spots_and_with_its_mask(classic
     state_path.write_text(json.dumps(state))
     with pytest.raises(ValueError, match="detector mask"):
         dfk.train(classic_tiny_set, run, config, progress=False, threads=1)
-    assert dfk.train(classic_tiny_set, spots_trained, config, progress=False, threads=1).resumed_from == 1
+    # nor one of a spot map made by another version
+    older = tmp_path / "older"
+    shutil.copytree(spots_trained, older)
+    state_path = older / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    assert state["spot_input"]["spot_window"] == dfk.SPOT_INPUT_WINDOW
+    state["spot_input"]["spot_version"] -= 1
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="spot input made as"):
+        dfk.train(classic_tiny_set, older, config, progress=False, threads=1)
+    resumed = tmp_path / "resumed"  # the fixture's directory stays as it was for the other tests
+    shutil.copytree(spots_trained, resumed)
+    assert dfk.train(classic_tiny_set, resumed, config, progress=False, threads=1).resumed_from == 1
 
 
 def test_the_benchmark_times_a_spot_input_model_with_its_spot_map(classic_tiny_set, spots_trained):
+    from diffranb import bench
+
     model = dfk.load_model(spots_trained)
+    printed = bench.run("deepfreak", repeats=2, workers=2, model=str(spots_trained))
+    assert printed["input"] == "spots" and printed["pixels"] == 128 and printed["frames_per_s_2proc"] > 0
     figures = dfk.benchmark(threads=(1,), batch_sizes=(2,), min_seconds=0.01, model=model)
     assert figures["input"] == "spots" and figures["infer_frames_per_s_1thread_batch2"] > 0
     with dataset.open_dataset(classic_tiny_set) as ds:
