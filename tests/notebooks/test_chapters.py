@@ -169,3 +169,8 @@ def test_deepfreak(tmp_path):
         assert {k: committed["train_config"][k] for k in described} == described
     else:
         assert math.isnan(values["full_spots_net_accuracy"])
+    record = REPO / "results" / "stacked" / "test-three.json"
+    if record.is_file():
+        metrics = json.loads(record.read_text())["metrics"]
+        assert values["full_stack3_accuracy"] == round(100 * metrics["accuracy"], 2)
+        assert values["full_stack3_binary"] == round(100 * metrics["binary_accuracy"], 2)
