@@ -80,7 +80,8 @@ INPUTS = ("frame", "spots")
 #: Median window (px) of the ``"spots"`` input's background (:func:`diffranb.features.spot_significance`).
 SPOT_INPUT_WINDOW = 5
 #: The ``"spots"`` input is kept as int8 codes, round(SPOT_CODE_STEPS · asinh(z / SPOT_CODE_KNEE)): steps of
-#: 0.125 in z about 0, of 6 % for bright spots, saturating at z ≈ 2,800 (a spot's significance is ≲ 500 here).
+#: 0.125 in z about 0, of 6 % for bright spots, saturating at |z| ≈ 2,800, which no frame reaches: a box sum of
+#: 8-bit pixels is at most 9 · 255 and its noise at least features.MIN_BOX_NOISE, so |z| ≤ 2,650.
 SPOT_CODE_KNEE = 2.0
 SPOT_CODE_STEPS = 16
 
