@@ -430,16 +430,22 @@ def _code_dtype(binning: int, mode: str, input_kind: str = "frame"):
 def _bin_codes(images8, binning: int, mode: str) -> np.ndarray:
     """The exact integers behind :func:`bin_images` (checked uint8 input): each block's maximum (uint8), or
     its sum (uint16, at most 255·binning², so binning ≤ 16); the frames themselves without binning."""
-    n, m, k = images8.shape
     if binning == 1:
         return images8
-    hm, hk = m // binning, k // binning
-    if hm < 1 or hk < 1:
-        raise ValueError(f"binning = {binning}: larger than the {m} × {k} frames")
-    blocks = images8[:, :hm * binning, :hk * binning].reshape(n, hm, binning, hk, binning)
+    blocks = _blocks(images8, binning)
     if mode == "max":
         return blocks.max(axis=(2, 4))
     return blocks.sum(axis=(2, 4), dtype=_code_dtype(binning, mode))
+
+
+def _blocks(x, binning: int) -> np.ndarray:
+    """(n, M, N) array → (n, M // b, b, N // b, b) view of its whole ``b × b`` blocks (rows and columns beyond
+    them dropped); ValueError when no block fits."""
+    n, m, k = x.shape
+    hm, hk = m // binning, k // binning
+    if hm < 1 or hk < 1:
+        raise ValueError(f"binning = {binning}: larger than the {m} × {k} frames")
+    return x[:, :hm * binning, :hk * binning].reshape(n, hm, binning, hk, binning)
 
 
 def binned_to_input(codes, binning: int, mode: str) -> np.ndarray:
@@ -474,14 +480,11 @@ def spot_codes(images8, binning: int = 1, mode: str = "max", mask=None) -> np.nd
     from .features import spot_significance
 
     n, m, k = images8.shape
-    hm, hk = m // binning, k // binning
-    if hm < 1 or hk < 1:
-        raise ValueError(f"binning = {binning}: larger than the {m} × {k} frames")
-    out = np.empty((n, hm, hk), dtype=np.int8)
+    out = np.empty((n,) + _blocks(images8[:1], binning).shape[1:4:2], dtype=np.int8)
     for j, image in enumerate(images8):
         z = spot_significance(image, SPOT_INPUT_WINDOW, mask)[0]
         if binning > 1:
-            blocks = z[:hm * binning, :hk * binning].reshape(hm, binning, hk, binning)
+            blocks = _blocks(z[None], binning)[0]
             z = blocks.max(axis=(1, 3)) if mode == "max" else blocks.mean(axis=(1, 3))
         out[j] = np.clip(np.rint(SPOT_CODE_STEPS * np.arcsinh(z / np.float32(SPOT_CODE_KNEE))), -127, 127)
     return out
