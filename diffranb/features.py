@@ -416,6 +416,101 @@ def _check_mask(mask, shape):
     return mask
 
 
+#: Box sums of the excess of an 8-bit frame over its median are whole numbers within ± this (9 × 255).
+BOX_SUM_RANGE = 9 * (LEVELS - 1)
+
+
+def _order_statistics(hist, ks) -> np.ndarray:
+    """The ``ks``-th smallest (0-based) of the values counted in each row of ``hist`` (bin i holds value i).
+
+    ``hist`` is (rows, bins) of counts and ``ks`` (rows, m) of ranks, each below its row's total; returns the
+    (rows, m) bin indices.
+    """
+    cumulative = np.cumsum(hist, axis=1)
+    return np.stack([(cumulative <= ks[:, [j]]).sum(axis=1) for j in range(ks.shape[1])], axis=1)
+
+
+def _histogram_median(hist, counts) -> np.ndarray:
+    """Twice the median of the whole numbers counted in each row of ``hist``, as ``np.median`` takes it
+    (the mean of the two middle values when a row holds an even number), for rows with ``counts`` ≥ 1."""
+    ks = np.stack([(counts - 1) // 2, counts // 2], axis=1)
+    return _order_statistics(hist, ks).sum(axis=1)
+
+
+def _grey_percentile(levels, q: int) -> float:
+    """``np.percentile(image, q)`` (linear interpolation) of an 8-bit image from its grey-level histogram
+    ``levels``, bit for bit: the same order statistics and numpy's own interpolation formula, without sorting
+    the image (a quarter of the time of :func:`spot_features` went into those sorts)."""
+    n = int(levels.sum())
+    at = (n - 1) * (q / 100)  # numpy's virtual index of the "linear" method (Hyndman & Fan's 7th)
+    below = min(math.floor(at), n - 1)
+    t = at - below
+    a, b = (int(v) for v in _order_statistics(levels[None, :], np.array([[below, min(below + 1, n - 1)]]))[0])
+    # numpy's _lerp: from the lower value below t = ½, from the upper one above, in float64
+    return float(b - (b - a) * (1 - t)) if t >= 0.5 else float(a + (b - a) * t)
+
+
+def _ring_noise(flat, bounds, kept) -> np.ndarray:
+    """Clipped rms noise of the box sums ``flat`` (float32, whole numbers, grouped by annulus at ``bounds``;
+    ``kept`` marks the unmasked ones, or None): NaN for an annulus with fewer than :data:`MIN_NOISE_PIXELS`.
+
+    Both medians (of the sums, and of their absolute deviations: the MAD) come from one histogram of the
+    whole-number sums per annulus: exactly what ``np.median`` gives, in a fraction of its time. The rms of the
+    deviations inside the 4σ clip is taken by numpy on the same float32 values in the same order, so the
+    noise is bit-identical to :func:`_ring_noise_by_sorting`; the unit tests compare them.
+    """
+    rings = len(bounds) - 1
+    width = 2 * BOX_SUM_RANGE + 1
+    ring_of = np.repeat(np.arange(rings), np.diff(bounds))
+    key = ring_of * width + (flat.astype(np.int64) + BOX_SUM_RANGE)
+    if kept is not None:
+        key = key[kept]
+    hist = np.bincount(key, minlength=rings * width).reshape(rings, width)
+    counts = hist.sum(axis=1)
+    noise = np.full(rings, np.nan)
+    known = counts >= MIN_NOISE_PIXELS
+    if not known.any():
+        return noise
+    hist, counts = hist[known], counts[known]
+    twice_median = _histogram_median(hist, counts) - 2 * BOX_SUM_RANGE  # 2 × median, a whole number
+    # |2v − 2·median| for every value v of the histogram: twice the absolute deviation, a whole number
+    values = np.arange(width) - BOX_SUM_RANGE
+    twice_deviation = np.abs(2 * values[None, :] - twice_median[:, None])
+    span = 4 * BOX_SUM_RANGE + 1
+    key = np.arange(len(hist))[:, None] * span + twice_deviation
+    deviation_hist = np.bincount(key.ravel(), weights=hist.ravel(), minlength=len(hist) * span)
+    deviation_hist = deviation_hist.astype(np.int64).reshape(len(hist), span)
+    mad = _histogram_median(deviation_hist, counts) / 4.0
+    median = (twice_median / 2.0).astype(np.float32)
+    for row, a in enumerate(np.flatnonzero(known)):
+        values_a = flat[bounds[a]:bounds[a + 1]]
+        if kept is not None:
+            values_a = values_a[kept[bounds[a]:bounds[a + 1]]]
+        deviation = np.abs(values_a - median[row])
+        # the MAD of integer box sums moves in steps of 1.48: it only sets a 4σ clip for the standard deviation
+        clip = 4.0 * max(1.4826 * float(mad[row]), MIN_BOX_NOISE)
+        inside = deviation[deviation < clip]
+        noise[a] = max(float(np.sqrt(np.mean(inside * inside))), MIN_BOX_NOISE)
+    return noise
+
+
+def _ring_noise_by_sorting(flat, bounds, kept) -> np.ndarray:
+    """:func:`_ring_noise` as first written, two ``np.median`` sorts per annulus: the reference the unit tests
+    hold it to, bit for bit, and the baseline ``diffranb bench classic`` times it against."""
+    noise = np.full(len(bounds) - 1, np.nan)
+    for a in range(len(bounds) - 1):
+        values = flat[bounds[a]:bounds[a + 1]]
+        if kept is not None:
+            values = values[kept[bounds[a]:bounds[a + 1]]]
+        if len(values) < MIN_NOISE_PIXELS:
+            continue
+        deviation = np.abs(values - np.median(values))
+        clip = 4.0 * max(1.4826 * float(np.median(deviation)), MIN_BOX_NOISE)
+        inside = deviation[deviation < clip]
+        noise[a] = max(float(np.sqrt(np.mean(inside * inside))), MIN_BOX_NOISE)
+    return noise
+
+
 def spot_significance(image, window: int = 5, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Significance of a spot at every pixel: the 3 × 3 box sum above a median background, over its noise.
 
@@ -459,18 +554,7 @@ def spot_significance(image, window: int = 5, mask=None) -> tuple[np.ndarray, np
     ring, order, bounds, _ = _annuli(image.shape)
     flat = box.ravel()[order]
     kept = None if mask is None else ~mask.ravel()[order]
-    noise = np.full(NOISE_ANNULI, np.nan)
-    for a in range(NOISE_ANNULI):
-        values = flat[bounds[a]:bounds[a + 1]]
-        if kept is not None:
-            values = values[kept[bounds[a]:bounds[a + 1]]]
-        if len(values) < MIN_NOISE_PIXELS:
-            continue
-        deviation = np.abs(values - np.median(values))
-        # the MAD of integer box sums moves in steps of 1.48: it only sets a 4σ clip for the standard deviation
-        clip = 4.0 * max(1.4826 * float(np.median(deviation)), MIN_BOX_NOISE)
-        inside = deviation[deviation < clip]
-        noise[a] = max(float(np.sqrt(np.mean(inside * inside))), MIN_BOX_NOISE)
+    noise = _ring_noise(flat, bounds, kept)
     known = np.flatnonzero(np.isfinite(noise))
     if len(known) == 0:
         noise[:] = MIN_BOX_NOISE
@@ -510,7 +594,8 @@ def spot_features(image, window: int = 5, mask=None) -> np.ndarray:
     band = _annuli(z.shape)[3][peak]
     for level in SPOT_BAND_LEVELS:
         counts.extend(np.bincount(band[values >= level], minlength=SPOT_BANDS))
-    stats = [float(np.median(background)), float(np.percentile(background, 90)), float(np.median(noise))]
+    levels = np.bincount(background.ravel(), minlength=LEVELS)
+    stats = [_grey_percentile(levels, 50), _grey_percentile(levels, 90), float(np.median(noise))]
     return np.concatenate([np.log1p(np.asarray(counts, dtype=np.float64)), stats])
 
 

@@ -185,6 +185,51 @@ def test_spot_statistics_count_spots_and_not_rings(n_spots):
     assert sum(bands) == n_spots
 
 
+def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set):
+    import cv2
+
+    rng = np.random.default_rng(5)
+    with dataset.open_dataset(tiny_set) as ds:
+        frames = [ds.image8(i) for i in range(0, 80, 5)]
+    frames += [_ring_frame_with_spots(17)[0], rng.integers(0, 256, (96, 80)).astype(np.uint8),
+               np.full((64, 64), 9, np.uint8)]
+    for k, image in enumerate(frames):
+        i, j = np.indices(image.shape)
+        ring_mask = np.hypot(i - image.shape[0] / 2, j - image.shape[1] / 2) <= image.shape[0] / 6
+        for mask in (None, rng.random(image.shape) < 0.2, ring_mask):
+            for window in features.SPOT_WINDOWS:
+                background = cv2.medianBlur(image, window)
+                seen = image if mask is None else np.where(mask, background, image)
+                excess = seen.astype(np.float32) - background.astype(np.float32)
+                box = cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+                _, order, bounds, _ = features._annuli(box.shape)
+                kept = None if mask is None else ~mask.ravel()[order]
+                fast = features._ring_noise(box.ravel()[order], bounds, kept)
+                sorted_ = features._ring_noise_by_sorting(box.ravel()[order], bounds, kept)
+                if mask is ring_mask:  # the masked centre's rings keep too few pixels for a noise of their own
+                    assert np.isnan(sorted_[:2]).all()
+                np.testing.assert_array_equal(fast, sorted_, err_msg=f"frame {k}")
+    # the extreme box sums (±9 × 255) land in the histogram's end bins
+    box = np.zeros((64, 64), np.float32)
+    box[::2] = 9 * 255
+    box[1::4] = -9 * 255
+    _, order, bounds, _ = features._annuli(box.shape)
+    np.testing.assert_array_equal(features._ring_noise(box.ravel()[order], bounds, None),
+                                  features._ring_noise_by_sorting(box.ravel()[order], bounds, None))
+
+
+def test_grey_percentiles_from_histograms_equal_numpy():
+    rng = np.random.default_rng(2)
+    for n in [1, 2, 3, 4, 10, 11, 99, 100, 1001, 4096, 262144]:
+        for top in (1, 7, 255):
+            image = rng.integers(0, top + 1, n).astype(np.uint8)
+            levels = np.bincount(image, minlength=256)
+            for q in (0, 10, 50, 90, 100):
+                expected = np.percentile(image, q)
+                got = features._grey_percentile(levels, q)
+                assert got == expected and isinstance(got, float), (n, top, q)
+
+
 def test_spot_statistics_refuse_bad_input():
     with pytest.raises(ValueError, match="window"):
         features.spot_features(np.zeros((32, 32), np.uint8), 4)
