@@ -12,4 +12,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
+from . import allocator as _allocator
+
+_allocator.configure()  # glibc: reuse per-frame temporaries instead of faulting in fresh pages every frame
+
 __all__ = ["__version__"]

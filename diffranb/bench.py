@@ -177,14 +177,48 @@ def _frames_per_s_processes(fitted, frames, workers: int) -> float:
 
     if not isinstance(fitted, str):
         fitted = pickle.loads(pickle.dumps(fitted))  # what the workers will receive
-    edges = np.linspace(0, len(frames), 2 * workers + 1).astype(int)
+    return _rate_on_processes(_init_classic_worker, (fitted, frames), _predict_range, len(frames), workers)
+
+
+def _rate_on_processes(initializer, initargs, task, n_frames: int, workers: int) -> float:
+    """Frames per second of ``task((a, b))`` over :data:`CLASSIC_ROUNDS` passes of frames 0 … ``n_frames``
+    in ranges on ``workers`` spawned processes set up by ``initializer(*initargs)``; each process runs one
+    range before the clock starts."""
+    edges = np.linspace(0, n_frames, 2 * workers + 1).astype(int)
     tasks = [(a, b) for a, b in zip(edges[:-1], edges[1:])] * CLASSIC_ROUNDS
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_classic_worker,
-                             initargs=(fitted, frames)) as pool:
-        list(pool.map(_predict_range, tasks[:workers]))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
+                             initargs=initargs) as pool:
+        list(pool.map(task, tasks[:workers]))
         t0 = time.perf_counter()
-        list(pool.map(_predict_range, tasks))
-        return CLASSIC_ROUNDS * len(frames) / (time.perf_counter() - t0)
+        list(pool.map(task, tasks))
+        return CLASSIC_ROUNDS * n_frames / (time.perf_counter() - t0)
+
+
+def _spot_noise_rates(frames, window: int) -> dict:
+    """Frames per second of the spot statistics' noise per annulus (:func:`diffranb.features._ring_noise`, from
+    histograms) and of its sorting baseline (``np.median`` per annulus), on the same box sums, one thread,
+    alternating, each the best of :data:`CLASSIC_ROUNDS` passes."""
+    import cv2
+
+    from . import features
+
+    sums = []
+    for image in frames:
+        background = cv2.medianBlur(image, window)
+        excess = image.astype(np.float32) - background.astype(np.float32)
+        box = cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        _, order, bounds, _ = features._annuli(box.shape)
+        sums.append(box.ravel()[order])
+    best = {"histogram": 0.0, "sorting": 0.0}
+    for _ in range(CLASSIC_ROUNDS):
+        for name, fn in (("histogram", features._ring_noise), ("sorting", features._ring_noise_by_sorting)):
+            t0 = time.perf_counter()
+            for flat in sums:
+                fn(flat, bounds, None)
+            best[name] = max(best[name], len(sums) / (time.perf_counter() - t0))
+    return {"spot_noise_frames_per_s_histogram": best["histogram"],
+            "spot_noise_frames_per_s_sorting": best["sorting"],
+            "spot_noise_speedup": best["histogram"] / best["sorting"]}
 
 
 def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
@@ -194,8 +228,11 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     pipeline of the full-scale search (:data:`CLASSIC_BEST`) is fitted on a small 512² set built here, which
     gives the same extraction cost (an SVM fitted on fewer frames keeps fewer support vectors, so pass the
     full-scale model to time its prediction). Timed over :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames in
-    this process with one thread, and on ``workers`` processes that each hold the frames.
+    this process with one thread, and on ``workers`` processes that each hold the frames. A spot pipeline
+    also gets the speed of its noise estimate against the sorting baseline (:func:`_spot_noise_rates`).
     """
+    import cv2
+
     from . import classic as cl
     from . import features
 
@@ -211,21 +248,27 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     classifier = fitted.pipeline[-1]
     if hasattr(classifier, "n_jobs"):
         classifier.n_jobs = 1
-    threads = numba.get_num_threads()
+    threads, cv2_threads = numba.get_num_threads(), cv2.getNumThreads()
     numba.set_num_threads(1)
-    fitted.predict(frames[:2])
-    extract = predict = 0.0
-    for _ in range(CLASSIC_ROUNDS):
-        t0 = time.perf_counter()
-        x = fitted.transform(frames)
-        t1 = time.perf_counter()
-        fitted.pipeline.predict(x)
-        extract, predict = extract + t1 - t0, predict + time.perf_counter() - t1
+    cv2.setNumThreads(1)  # the spot statistics' median and box filters would otherwise use every core
+    try:
+        fitted.predict(frames[:2])
+        extract = predict = 0.0
+        for _ in range(CLASSIC_ROUNDS):
+            t0 = time.perf_counter()
+            x = fitted.transform(frames)
+            t1 = time.perf_counter()
+            fitted.pipeline.predict(x)
+            extract, predict = extract + t1 - t0, predict + time.perf_counter() - t1
+    finally:
+        numba.set_num_threads(threads)
+        cv2.setNumThreads(cv2_threads)
     n = CLASSIC_ROUNDS * repeats
     out["extract_frames_per_s_1core"] = n / extract
     out["predict_frames_per_s_1core"] = n / predict
     out["frames_per_s_1core"] = n / (extract + predict)
-    numba.set_num_threads(threads)
+    if fitted.config.extractor == "spots":
+        out.update(_spot_noise_rates(frames, fitted.config.window))
     out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(fitted, frames, workers)
     return out
 
@@ -321,6 +364,96 @@ def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dic
     return out
 
 
+#: Training steps of :func:`malloc` are timed for at least this long (seconds) in each process.
+MALLOC_TRAIN_SECONDS = 8.0
+
+
+def _malloc_spots(bounds):
+    from .features import spot_features
+
+    a, b = bounds
+    return [spot_features(_BENCH["frames"][i], 5, _BENCH["mask"]) for i in range(a, b)]
+
+
+def _init_malloc_worker(frames, mask):
+    import cv2
+
+    numba.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _BENCH.update(frames=frames, mask=mask)
+    _malloc_spots((0, 1))
+
+
+def _malloc_figures(data: str, workers: int, train_seconds: float) -> dict:
+    """What :func:`malloc` measures in one fresh process, as floats: the spot statistics of the frames of set
+    ``data`` on ``workers`` processes of one thread, each holding the frames, then DeepFreak training steps in
+    this process."""
+    import resource
+
+    import torch
+
+    from . import allocator, deepfreak, features
+    from .dataset import open_dataset
+
+    with open_dataset(data) as ds:
+        frames = np.stack([ds.image8(i) for i in range(len(ds))])
+    mask = features.detector_mask(frames)
+    out = {"configured": float(allocator.configured())}
+    out[f"spots_frames_per_s_{workers}proc"] = _rate_on_processes(_init_malloc_worker, (frames, mask), _malloc_spots,
+                                                                  len(frames), workers)
+    torch.set_num_threads(os.cpu_count() or 1)
+    size = frames.shape[1] // 2
+    out["train_images_per_s"] = deepfreak._train_rate(MALLOC_TOPOLOGY, 5, size, 16, np.random.default_rng(0),
+                                                      train_seconds)
+    out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+#: The topology :func:`malloc` trains: the one of the full-scale 2 × 2 runs (``--topology 11``).
+MALLOC_TOPOLOGY = 11
+
+
+def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
+    """diffranb's allocator settings (:mod:`diffranb.allocator`) against glibc's own, in the same run.
+
+    Fresh processes, alternating ``DIFFRANB_MALLOC=glibc`` and diffranb's settings ``rounds`` times each, on
+    a set of ``max(repeats, 120)`` simulated 512² frames: the spot statistics (window 5, with the frames'
+    detector mask) on ``workers`` processes of one thread, as ``bench classic`` times pipelines, and SGD steps
+    of DeepFreak's topology :data:`MALLOC_TOPOLOGY` on 2 × 2-binned frames (batch 16, every core), with the
+    peak memory of the process that trains. The best round of each setting is printed, with the ratios."""
+    import json
+
+    out = {"cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+        path = _bench_frames(tmp, repeats)[0]
+        code = ("import json; from diffranb.bench import _malloc_figures; "
+                f"print(json.dumps(_malloc_figures({str(path)!r}, {workers}, {MALLOC_TRAIN_SECONDS!r})))")
+        best = {}
+        for _ in range(rounds):
+            for setting in ("glibc", "diffranb"):
+                env = {k: v for k, v in os.environ.items() if k != "DIFFRANB_MALLOC"}
+                if setting == "glibc":
+                    env["DIFFRANB_MALLOC"] = "glibc"
+                done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                      check=True)
+                figures = json.loads(done.stdout.strip().splitlines()[-1])
+                kept = best.setdefault(setting, figures)
+                for key, value in figures.items():
+                    better = min if "rss" in key else max
+                    kept[key] = better(kept[key], value)
+    if best["glibc"]["configured"] or not best["diffranb"]["configured"]:
+        raise RuntimeError("bench malloc: the allocator settings were not applied as asked (not glibc, or "
+                           "MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set in the environment)")
+    for key in best["glibc"]:
+        if key == "configured":
+            continue
+        for setting in ("glibc", "diffranb"):
+            out[f"{key}_{setting}"] = best[setting][key]
+        if "per_s" in key:
+            out[f"{key}_ratio"] = best["diffranb"][key] / best["glibc"][key]
+    return out
+
+
 def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line."""
     kw = {"model": model} if what in ("classic", "deepfreak", "stacked") else {}
@@ -329,7 +462,7 @@ def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None
     elif data is not None:
         raise ValueError(f"bench {what}: --data is for bench deepfreak only")
     result = {"sim": sim, "dataset": dataset, "classic": classic, "deepfreak": deepfreak,
-              "stacked": stacked}[what](repeats=repeats, workers=workers, **kw)
+              "stacked": stacked, "malloc": malloc}[what](repeats=repeats, workers=workers, **kw)
     for key, value in result.items():
         print(f"{key:45s} {value:10.3f}" if isinstance(value, float) else f"{key:45s} {value:>10}")
     return result

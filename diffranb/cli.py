@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="print speed figures")
-    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked"], help="what to benchmark")
+    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked", "malloc"], help="what to benchmark")
     p.add_argument("--repeats", type=int, default=40, help="images per measurement (default 40)")
     p.add_argument("--workers", type=int, default=2, help="processes for the multi-core figure (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")

@@ -1495,7 +1495,9 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
            "train_batch": train_batch, "cores": os.cpu_count(), "torch": torch.__version__}
     if model is not None:
         out.update(model="trained", binning=model.binning, bin_mode=model.bin_mode, input=model.input)
-    previous = torch.get_num_threads()
+    import cv2
+
+    previous, previous_cv2 = torch.get_num_threads(), cv2.getNumThreads()
     try:
         torch.set_num_threads(max(threads))
         for k in train_binnings:
@@ -1507,6 +1509,7 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
             model = DeepFreakModel(net, classes, 1, np.zeros((pixels, pixels), np.float32))
         for t in threads:
             torch.set_num_threads(t)
+            cv2.setNumThreads(t)  # the spot input's median and box filters: as many threads as the network
             for b in batch_sizes:
                 frames = rng.integers(0, 256, (b, pixels, pixels), dtype=np.uint8)
                 seconds = _timed(lambda: model.predict(frames, batch_size=b), min_seconds)
@@ -1514,6 +1517,7 @@ def benchmark(top: int = CHOSEN_TOPOLOGY, pixels: int = 512, *, threads=(1, 2), 
         out["max_rss_mib"] = _max_rss_mib()
     finally:
         torch.set_num_threads(previous)
+        cv2.setNumThreads(previous_cv2)
     return out
 
 
