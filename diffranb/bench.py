@@ -419,8 +419,8 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
     Fresh processes, alternating ``DIFFRANB_MALLOC=glibc`` and diffranb's settings ``rounds`` times each, on
     a set of ``max(repeats, 120)`` simulated 512² frames: the spot statistics (window 5, with the frames'
     detector mask) on ``workers`` processes of one thread, as ``bench classic`` times pipelines, and SGD steps
-    of DeepFreak's topology :data:`MALLOC_TOPOLOGY` on 2 × 2-binned frames (batch 16, every core), with the
-    peak memory of the process that trains. The best round of each setting is printed, with the ratios."""
+    of DeepFreak's topology :data:`MALLOC_TOPOLOGY` on random inputs of a 2 × 2-binned frame's size (batch 16,
+    every core), with the peak memory of the process that trains. The best round of each setting is printed, with the ratios."""
     import json
 
     out = {"cores": os.cpu_count()}
@@ -434,8 +434,9 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
                 env = {k: v for k, v in os.environ.items() if k != "DIFFRANB_MALLOC"}
                 if setting == "glibc":
                     env["DIFFRANB_MALLOC"] = "glibc"
-                done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                      check=True)
+                done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+                if done.returncode:
+                    raise RuntimeError(f"bench malloc: the {setting} process failed:\n{done.stderr}")
                 figures = json.loads(done.stdout.strip().splitlines()[-1])
                 kept = best.setdefault(setting, figures)
                 for key, value in figures.items():

@@ -442,6 +442,8 @@ def _grey_percentile(levels, q: int) -> float:
     ``levels``, bit for bit: the same order statistics and numpy's own interpolation formula, without sorting
     the image (a quarter of the time of :func:`spot_features` went into those sorts)."""
     n = int(levels.sum())
+    if n < 1 or not 0 <= q <= 100:
+        raise ValueError(f"{n} grey levels counted, q = {q!r}: need at least one, and 0 ≤ q ≤ 100")
     at = (n - 1) * (q / 100)  # numpy's virtual index of the "linear" method (Hyndman & Fan's 7th)
     below = min(math.floor(at), n - 1)
     t = at - below
@@ -461,6 +463,9 @@ def _ring_noise(flat, bounds, kept) -> np.ndarray:
     """
     rings = len(bounds) - 1
     width = 2 * BOX_SUM_RANGE + 1
+    if len(flat) and (flat.min() < -BOX_SUM_RANGE or flat.max() > BOX_SUM_RANGE):
+        raise ValueError(f"box sums within [{flat.min()}, {flat.max()}]: the 3 × 3 sums of an 8-bit frame's excess "
+                         f"lie within ±{BOX_SUM_RANGE}")
     ring_of = np.repeat(np.arange(rings), np.diff(bounds))
     key = ring_of * width + (flat.astype(np.int64) + BOX_SUM_RANGE)
     if kept is not None:

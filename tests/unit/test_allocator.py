@@ -31,8 +31,12 @@ print(json.dumps({"configured": allocator.configured(), "faults": faults}))
 
 
 def _child(code, **env):
-    base = {k: v for k, v in os.environ.items() if k not in ("DIFFRANB_MALLOC", "MALLOC_MMAP_THRESHOLD_")}
-    done = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True)
+    """Run ``code`` in a fresh interpreter with ``env`` on top of this environment, less anything that would
+    set the allocator otherwise; its last line of output, parsed, and its standard error."""
+    own = {"DIFFRANB_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD"} | set(allocator.GLIBC_VARIABLES)
+    base = {k: v for k, v in os.environ.items() if k not in own}
+    done = subprocess.run([sys.executable, "-c", code], env=base | env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
@@ -51,5 +55,15 @@ def test_glibc_variables_and_unknown_values_leave_glibc_alone():
     code = "import json, diffranb; from diffranb import allocator; print(json.dumps(allocator.configured()))"
     assert _child(code)[0] is True
     assert _child(code, MALLOC_MMAP_THRESHOLD_="1048576")[0] is False
+    assert _child(code, MALLOC_TRIM_THRESHOLD_="1048576")[0] is False
+    assert _child(code, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")[0] is False
+    assert _child(code, GLIBC_TUNABLES="glibc.rtld.optional_static_tls=2048")[0] is True  # not the allocator's
     value, stderr = _child(code, DIFFRANB_MALLOC="fast")
     assert value is False and "DIFFRANB_MALLOC='fast' is not understood" in stderr
+
+
+def test_no_glibc_no_change(monkeypatch):
+    monkeypatch.setattr(allocator, "_state", {"configured": None})
+    monkeypatch.setattr(allocator, "_glibc", lambda: None)
+    monkeypatch.delenv("DIFFRANB_MALLOC", raising=False)
+    assert allocator.configure() is False and allocator.configured() is False

@@ -216,6 +216,9 @@ def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set):
     _, order, bounds, _ = features._annuli(box.shape)
     np.testing.assert_array_equal(features._ring_noise(box.ravel()[order], bounds, None),
                                   features._ring_noise_by_sorting(box.ravel()[order], bounds, None))
+    box[0, 0] = 9 * 255 + 1  # beyond any box sum of an 8-bit frame: the histogram would misplace it
+    with pytest.raises(ValueError, match="box sums"):
+        features._ring_noise(box.ravel()[order], bounds, None)
 
 
 def test_grey_percentiles_from_histograms_equal_numpy():
@@ -228,6 +231,9 @@ def test_grey_percentiles_from_histograms_equal_numpy():
                 expected = np.percentile(image, q)
                 got = features._grey_percentile(levels, q)
                 assert got == expected and isinstance(got, float), (n, top, q)
+    for levels, q in ((np.zeros(256, np.int64), 50), (np.ones(256, np.int64), 101)):
+        with pytest.raises(ValueError, match="grey levels"):
+            features._grey_percentile(levels, q)
 
 
 def test_spot_statistics_refuse_bad_input():
