@@ -210,6 +210,34 @@ def evaluate_model(model, ds, split: str = "test", *, progress: bool = False) ->
                   "same_dataset": trained_on == ds.content_sha256, "seconds": seconds}
 
 
+def read_test_record(path, method: str = "best") -> dict:
+    """The test-split metrics (:func:`metrics`) of a committed record, whichever command wrote it.
+
+    ``path`` is a file written by ``diffranb evaluate --record`` (its ``"metrics"``), or the report of
+    ``diffranb train deepfreak --report`` (a directory or its ``metrics.json``: its ``"test"``), or of
+    ``diffranb tune hyperopt --report`` (``"methods"``: the test of ``method``, e.g. ``"best"`` or
+    ``"RF+GLCM"``).
+    """
+    path = Path(path)
+    file = path / "metrics.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{str(file)!r}: no such record")
+    record = json.loads(file.read_text())
+    if "metrics" in record:
+        found = record["metrics"]
+    elif "methods" in record:
+        if method not in record["methods"]:
+            raise KeyError(f"{str(file)!r}: no method {method!r} (it has {sorted(record['methods'])})")
+        found = record["methods"][method]["test"]
+    elif "test" in record:
+        found = record["test"]
+    else:
+        raise ValueError(f"{str(file)!r}: holds no test metrics (no 'metrics', 'methods' or 'test')")
+    if found.get("split") != "test":
+        raise ValueError(f"{str(file)!r}: its metrics are of the {found.get('split')!r} split, not the test split")
+    return found
+
+
 def comparison_rows(results: dict) -> list[tuple]:
     """Rows (method, ours %, paper %) of test accuracy and the binary accuracy, for a side-by-side table.
 

@@ -821,6 +821,45 @@ def plot_validation_curves(histories: dict, *, ax: Axes | None = None, target: f
     return ax
 
 
+def plot_speed_accuracy(points: dict, *, rate_hz: float | None = None, target: float | None = None,
+                        ax: Axes | None = None) -> Axes:
+    """Test accuracy against sorting speed, one labelled point per pipeline, to choose one for a detector.
+
+    Parameters
+    ----------
+    points : dict
+        Pipeline name → (frames per second, accuracy in per cent).
+    rate_hz : float, optional
+        The detector's frame rate, drawn as a dotted vertical line: pipelines to its right keep up.
+    target : float, optional
+        An accuracy to draw as a dashed line, per cent (e.g. the paper's).
+    ax : Axes, optional
+
+    Returns
+    -------
+    Axes, frames per second on a log scale.
+    """
+    if not points:
+        raise ValueError("plot_speed_accuracy: no pipeline to draw")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+    for k, (name, (rate, accuracy)) in enumerate(points.items()):
+        if not (rate > 0 and np.isfinite(accuracy)):
+            raise ValueError(f"plot_speed_accuracy: {name!r} has {rate} frames/s and accuracy {accuracy}")
+        ax.plot(rate, accuracy, "o", ms=6, color=f"C{k % 10}")
+        ax.annotate(name, (rate, accuracy), xytext=(5, 3), textcoords="offset points", fontsize="x-small")
+    if rate_hz is not None:
+        ax.axvline(rate_hz, color="0.3", ls=":", lw=1.2, label=f"detector rate ({rate_hz:g} Hz)")
+    if target is not None:
+        ax.axhline(target, color="0.3", ls="--", lw=1, label=f"paper's test figure ({target:.2f} %)")
+    ax.set_xscale("log")
+    ax.set_xlabel("frames per second (two cores)")
+    ax.set_ylabel("test accuracy (%)")
+    if rate_hz is not None or target is not None:
+        ax.legend(fontsize="small", loc="lower right")
+    return ax
+
+
 def plot_learning_curves(history, *, axes=None) -> np.ndarray:
     """Loss (left) and accuracy (right) on the training and validation frames per epoch, as DeepFreak's
     Figure 4; dotted lines mark where the learning rate drops.

@@ -125,3 +125,23 @@ def test_accuracy_among_the_crystal_frames_counts_every_error_of_their_rows():
         evaluate.accuracy_among(m, ("ice",))
     with pytest.raises(ValueError, match="no frame"):
         evaluate.accuracy_among(evaluate.metrics([0], [0], classes))
+
+
+def test_read_test_record_reads_every_kind_of_record(tmp_path):
+    test = {"split": "test", "accuracy": 0.9}
+    (tmp_path / "evaluated.json").write_text(json.dumps({"command": "diffranb evaluate", "metrics": test}))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"test": test | {"accuracy": 0.8}}))
+    searched = {"methods": {"best": {"test": test | {"accuracy": 0.7}}, "RF+GLCM": {"test": test | {"accuracy": 0.6}}}}
+    (tmp_path / "search.json").write_text(json.dumps(searched))
+    assert evaluate.read_test_record(tmp_path / "evaluated.json")["accuracy"] == 0.9
+    assert evaluate.read_test_record(tmp_path / "run")["accuracy"] == 0.8
+    assert evaluate.read_test_record(tmp_path / "search.json")["accuracy"] == 0.7
+    assert evaluate.read_test_record(tmp_path / "search.json", "RF+GLCM")["accuracy"] == 0.6
+    with pytest.raises(KeyError, match="SVM"):
+        evaluate.read_test_record(tmp_path / "search.json", "SVM+GLCM")
+    (tmp_path / "val.json").write_text(json.dumps({"metrics": test | {"split": "val"}}))
+    with pytest.raises(ValueError, match="'val' split"):
+        evaluate.read_test_record(tmp_path / "val.json")
+    with pytest.raises(FileNotFoundError):
+        evaluate.read_test_record(tmp_path / "none.json")

@@ -203,3 +203,18 @@ def test_plot_confusions_draws_one_labelled_panel_per_result():
         viz.plot_confusions(results, axes=axes[:1])
     with pytest.raises(ValueError, match="no results"):
         viz.plot_confusions({})
+
+
+def test_plot_speed_accuracy_puts_each_pipeline_at_its_speed_and_accuracy():
+    points = {"fast": (400.0, 96.6), "slow": (60.0, 97.3)}
+    ax = viz.plot_speed_accuracy(points, rate_hz=130, target=98.51)
+    xy = [tuple(line.get_xydata()[0]) for line in ax.lines if line.get_marker() == "o"]
+    assert xy == [(400.0, 96.6), (60.0, 97.3)]
+    assert [t.get_text() for t in ax.texts] == ["fast", "slow"]
+    assert ax.get_xscale() == "log"
+    vertical = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert len(vertical) == 1 and vertical[0].get_xdata()[0] == 130
+    with pytest.raises(ValueError, match="no pipeline"):
+        viz.plot_speed_accuracy({})
+    with pytest.raises(ValueError, match="'broken'"):
+        viz.plot_speed_accuracy({"broken": (0.0, 90.0)})
