@@ -8,10 +8,11 @@ zero every page on first touch: measured here, 2,200 page faults and about half 
 statistics of one 512² frame, in a process that had not happened to free a large block first (process pool
 workers holding their frames, for one). Which processes were slow depended on their history.
 
-:func:`configure` fixes both thresholds, so that blocks up to :data:`MMAP_THRESHOLD_MIB` are reused from the
-heap and up to :data:`TRIM_THRESHOLD_MIB` of freed memory at the heap's top stays with the process. Larger
-blocks (a chunk of a data set's frames, a network's bigger activations) are still mapped and unmapped as
-before. The cost: freed blocks below the threshold go back to the heap, not to the kernel, and the heap
+:func:`configure` sets both thresholds where glibc's own adjustment would end after freeing a block of
+32 MiB, but from the start, whatever the process did before: blocks up to :data:`MMAP_THRESHOLD_MIB` are
+reused from the heap and up to :data:`TRIM_THRESHOLD_MIB` of freed memory at the heap's top stays with the
+process. Larger blocks (a chunk of a data set's frames, a network's largest activations) are still mapped and
+unmapped as before. The cost, as in any process where glibc has raised its thresholds itself: freed blocks below the threshold go back to the heap, not to the kernel, and the heap
 only shrinks from its top, so a process that frees many such blocks while keeping later allocations alive
 holds that memory until it is reused. ``import diffranb`` calls :func:`configure` once.
 
@@ -29,10 +30,13 @@ import ctypes
 import logging
 import os
 
-#: Blocks up to this size come from the heap and are reused. 8 MiB holds every per-frame temporary of a
-#: 512² frame (at 4 MiB some are still mapped afresh every frame).
-MMAP_THRESHOLD_MIB = 8
-#: Freed memory at the top of the heap is kept up to this size before it is returned to the kernel.
+#: Blocks up to this size come from the heap and are reused: glibc's own ceiling on 64-bit systems, which its
+#: threshold reaches by itself once a block that large has been freed. A lower one (8 MiB holds every
+#: temporary of a 512² frame) would map DeepFreak's larger activations afresh at every step: training ran
+#: at two thirds of its speed (``diffranb bench malloc``).
+MMAP_THRESHOLD_MIB = 32
+#: Freed memory at the top of the heap is kept up to this size before it is returned to the kernel (twice
+#: the mmap threshold, as glibc sets it when it raises that).
 TRIM_THRESHOLD_MIB = 64
 #: mallopt(3) parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD = -1

@@ -455,6 +455,16 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
     return out
 
 
+def sorting_rates(figures: dict, workers: int = 2) -> tuple[float, float]:
+    """Frames per second from one core and from ``workers`` processes in the figures of ``bench classic``,
+    ``bench deepfreak --model`` (one thread, batch 1) or ``bench stacked``, as printed with ``--json``."""
+    one = figures.get("frames_per_s_1core", figures.get("infer_frames_per_s_1thread_batch1"))
+    many = figures.get(f"frames_per_s_{workers}proc")
+    if one is None or many is None:
+        raise KeyError(f"figures without a one-core and a {workers}-process sorting rate: {sorted(figures)}")
+    return float(one), float(many)
+
+
 def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line."""
     kw = {"model": model} if what in ("classic", "deepfreak", "stacked") else {}

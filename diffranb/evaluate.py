@@ -37,6 +37,9 @@ PAPER = {
     "per_class": None,
 }
 
+#: Frames per second of the detector at the paper's beamline: a sorter that keeps up must reach it.
+DETECTOR_RATE_HZ = 130.0
+
 #: What a model directory must say about itself.
 MODEL_KEYS = ("kind", "classes", "dataset_hash", "diffranb_version")
 KINDS = {"classic": "diffranb.classic", "deepfreak": "diffranb.deepfreak", "stacked": "diffranb.stack"}

@@ -145,3 +145,14 @@ def test_read_test_record_reads_every_kind_of_record(tmp_path):
         evaluate.read_test_record(tmp_path / "val.json")
     with pytest.raises(FileNotFoundError):
         evaluate.read_test_record(tmp_path / "none.json")
+
+
+def test_sorting_rates_read_every_bench_s_figures():
+    from diffranb import bench
+
+    assert bench.sorting_rates({"frames_per_s_1core": 200.0, "frames_per_s_2proc": 380.0}) == (200.0, 380.0)
+    deepfreak = {"infer_frames_per_s_1thread_batch1": 57.0, "infer_frames_per_s_2thread_batch1": 37.0,
+                 "frames_per_s_2proc": 124.0}
+    assert bench.sorting_rates(deepfreak) == (57.0, 124.0)
+    with pytest.raises(KeyError, match="2-process"):
+        bench.sorting_rates({"frames_per_s_1core": 1.0})
