@@ -208,6 +208,7 @@ def small_parameters(name: str, data_dir: Path, full_results: Path | None = None
                              FULL_RESULTS=str(full_results / "deepfreak") if full_results else none,
                              OTHER_RESULTS=",".join(str(full_results / d) for d in ("deepfreak-hand", "deepfreak-bin2"))
                              if full_results else none,
-                             SPOT_NET_RESULTS=str(full_results / "deepfreak-bin2-spots") if full_results else none),
+                             SPOT_NET_RESULTS=str(full_results / "deepfreak-bin2-spots") if full_results else none,
+                             SPEED_RESULTS=str(full_results / "speed") if full_results else none),
     }
     return table[name]
