@@ -12,9 +12,10 @@ workers holding their frames, for one). Which processes were slow depended on th
 32 MiB, but from the start, whatever the process did before: blocks up to :data:`MMAP_THRESHOLD_MIB` are
 reused from the heap and up to :data:`TRIM_THRESHOLD_MIB` of freed memory at the heap's top stays with the
 process. Larger blocks (a chunk of a data set's frames, a network's largest activations) are still mapped and
-unmapped as before. The cost, as in any process where glibc has raised its thresholds itself: freed blocks below the threshold go back to the heap, not to the kernel, and the heap
-only shrinks from its top, so a process that frees many such blocks while keeping later allocations alive
-holds that memory until it is reused. ``import diffranb`` calls :func:`configure` once.
+unmapped as before. The cost, as in any process where glibc has raised its thresholds itself: freed blocks
+below the threshold go back to the heap, not to the kernel, and the heap only shrinks from its top, so a
+process that frees many such blocks while keeping later allocations alive holds that memory until it is
+reused. ``import diffranb`` calls :func:`configure` once.
 
 Set ``DIFFRANB_MALLOC=glibc`` to keep glibc's own behaviour (``diffranb bench malloc`` compares the two in
 one run). Nothing is changed off glibc, or where the process was started with glibc's own settings for

@@ -198,15 +198,11 @@ def _spot_noise_rates(frames, window: int) -> dict:
     """Frames per second of the spot statistics' noise per annulus (:func:`diffranb.features._ring_noise`, from
     histograms) and of its sorting baseline (``np.median`` per annulus), on the same box sums, one thread,
     alternating, each the best of :data:`CLASSIC_ROUNDS` passes."""
-    import cv2
-
     from . import features
 
     sums = []
     for image in frames:
-        background = cv2.medianBlur(image, window)
-        excess = image.astype(np.float32) - background.astype(np.float32)
-        box = cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        box = features.box_sums(image, window)[0]
         _, order, bounds, _ = features._annuli(box.shape)
         sums.append(box.ravel()[order])
     best = {"histogram": 0.0, "sorting": 0.0}
@@ -420,7 +416,8 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
     a set of ``max(repeats, 120)`` simulated 512² frames: the spot statistics (window 5, with the frames'
     detector mask) on ``workers`` processes of one thread, as ``bench classic`` times pipelines, and SGD steps
     of DeepFreak's topology :data:`MALLOC_TOPOLOGY` on random inputs of a 2 × 2-binned frame's size (batch 16,
-    every core), with the peak memory of the process that trains. The best round of each setting is printed, with the ratios."""
+    every core), with the peak memory of the process that trains. The best round of each setting is printed,
+    with the ratios."""
     import json
 
     out = {"cores": os.cpu_count()}
@@ -443,8 +440,8 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
                     better = min if "rss" in key else max
                     kept[key] = better(kept[key], value)
     if best["glibc"]["configured"] or not best["diffranb"]["configured"]:
-        raise RuntimeError("bench malloc: the allocator settings were not applied as asked (not glibc, or "
-                           "MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set in the environment)")
+        raise RuntimeError("bench malloc: the allocator settings were not applied as asked (not glibc, or glibc's "
+                           "own settings in the environment: MALLOC_*_THRESHOLD_, GLIBC_TUNABLES)")
     for key in best["glibc"]:
         if key == "configured":
             continue

@@ -545,18 +545,8 @@ def spot_significance(image, window: int = 5, mask=None) -> tuple[np.ndarray, np
     noise : (NOISE_ANNULI,) float64
         Noise of a box sum in each ring, grey levels.
     """
-    import cv2
-
-    image = _check_image(image)
-    if window not in SPOT_WINDOWS:
-        raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
-    background = cv2.medianBlur(image, window)
-    if mask is not None:
-        mask = _check_mask(mask, image.shape)
-        image = np.where(mask, background, image)
-    excess = image.astype(np.float32) - background.astype(np.float32)
-    box = cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
-    ring, order, bounds, _ = _annuli(image.shape)
+    box, background = box_sums(image, window, mask)
+    ring, order, bounds, _ = _annuli(box.shape)
     flat = box.ravel()[order]
     kept = None if mask is None else ~mask.ravel()[order]
     noise = _ring_noise(flat, bounds, kept)
@@ -570,6 +560,23 @@ def spot_significance(image, window: int = 5, mask=None) -> tuple[np.ndarray, np
     if mask is not None:
         z[mask] = 0.0
     return z, background, noise
+
+
+def box_sums(image, window: int = 5, mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """The 3 × 3 box sums of a frame's excess over its ``window`` × ``window`` median, the first step of
+    :func:`spot_significance` (which see, for ``mask``): ((M, N) float32 whole numbers within
+    ±:data:`BOX_SUM_RANGE`, (M, N) uint8 background)."""
+    import cv2
+
+    image = _check_image(image)
+    if window not in SPOT_WINDOWS:
+        raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
+    background = cv2.medianBlur(image, window)
+    if mask is not None:
+        mask = _check_mask(mask, image.shape)
+        image = np.where(mask, background, image)
+    excess = image.astype(np.float32) - background.astype(np.float32)
+    return cv2.boxFilter(excess, -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT), background
 
 
 def max_3x3(z) -> np.ndarray:
