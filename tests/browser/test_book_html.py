@@ -70,6 +70,9 @@ def test_page_shows_its_figures_and_no_errors(docname, book_url, page, tmp_path)
     assert "Traceback" not in main.inner_text()
     errors = page.locator(ERROR_OUTPUTS)
     assert errors.count() == 0, f"error output on {docname}: {errors.first.inner_text()[:500]}"
+    # a Markdown table printed by a cell must come out as a table, not as a paragraph of pipes
+    outputs = " ".join(main.locator(".cell_output").all_inner_texts())
+    assert "|---|" not in outputs and "|—|" not in outputs, f"{docname}: a Markdown table left as text"
     if docname != PAGES[0]:
         widths = main.locator("img").evaluate_all("imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
         assert any(w > 0 for w in widths), f"{docname}: no figure drawn (image widths {widths})"
