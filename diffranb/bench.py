@@ -3,6 +3,7 @@ the same run (the machine may be shared and noisy, so absolute numbers alone mea
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numba
@@ -135,17 +137,36 @@ def dataset(repeats: int = 40, workers: int = 2) -> dict:
 _BENCH = {}
 
 
-def _init_classic_worker(model, frames):
-    numba.set_num_threads(1)
+def _set_threads(numba_threads: int, cv2_threads: int, torch_threads: int | None) -> tuple:
+    """Set the threads of numba, OpenCV and (if loaded and given) torch; returns the previous three counts."""
     import cv2
 
-    cv2.setNumThreads(1)
+    torch = sys.modules.get("torch")
+    previous = numba.get_num_threads(), cv2.getNumThreads(), torch.get_num_threads() if torch else None
+    numba.set_num_threads(numba_threads)
+    cv2.setNumThreads(cv2_threads)
+    if torch and torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    return previous
+
+
+@contextmanager
+def _threads(n: int = 1):
+    """Run the body with ``n`` threads for numba, OpenCV and (if loaded) torch, as a one-core figure must; the
+    previous counts are restored afterwards."""
+    previous = _set_threads(n, n, n)
+    try:
+        yield
+    finally:
+        _set_threads(*previous)
+
+
+def _init_classic_worker(model, frames):
     if isinstance(model, str):  # a saved model's directory (DeepFreak networks do not pickle)
         from .evaluate import load_model
 
         model = load_model(model)
-    if "torch" in sys.modules:  # a stacked model with a DeepFreak member: one thread per process
-        sys.modules["torch"].set_num_threads(1)
+    _set_threads(1, 1, 1)  # one thread per process (torch too, for a stacked model's networks)
     _BENCH.update(model=model, frames=frames)
     model.predict(frames[:1])  # compile and warm up before the clock
 
@@ -227,8 +248,6 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     this process with one thread, and on ``workers`` processes that each hold the frames. A spot pipeline
     also gets the speed of its noise estimate against the sorting baseline (:func:`_spot_noise_rates`).
     """
-    import cv2
-
     from . import classic as cl
     from . import features
 
@@ -244,10 +263,7 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
     classifier = fitted.pipeline[-1]
     if hasattr(classifier, "n_jobs"):
         classifier.n_jobs = 1
-    threads, cv2_threads = numba.get_num_threads(), cv2.getNumThreads()
-    numba.set_num_threads(1)
-    cv2.setNumThreads(1)  # the spot statistics' median and box filters would otherwise use every core
-    try:
+    with _threads(1):  # OpenCV too: the spot statistics' median and box filters would use every core
         fitted.predict(frames[:2])
         extract = predict = 0.0
         for _ in range(CLASSIC_ROUNDS):
@@ -256,9 +272,6 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
             t1 = time.perf_counter()
             fitted.pipeline.predict(x)
             extract, predict = extract + t1 - t0, predict + time.perf_counter() - t1
-    finally:
-        numba.set_num_threads(threads)
-        cv2.setNumThreads(cv2_threads)
     n = CLASSIC_ROUNDS * repeats
     out["extract_frames_per_s_1core"] = n / extract
     out["predict_frames_per_s_1core"] = n / predict
@@ -274,8 +287,6 @@ def stacked(repeats: int = 40, workers: int = 2, model=None) -> dict:
     probabilities and the combiner, and each member alone, timed in the same run over
     :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames in this process with one thread (numba, OpenCV,
     torch); then the whole model on ``workers`` processes of one thread that each hold the frames."""
-    import cv2
-
     from . import stack
 
     if model is None:
@@ -284,15 +295,7 @@ def stacked(repeats: int = 40, workers: int = 2, model=None) -> dict:
     out = {"cores": os.cpu_count(), "pipeline": fitted.label()}
     with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
         frames = _bench_frames(tmp, repeats)[1]
-    threads = numba.get_num_threads()
-    torch = sys.modules.get("torch")
-    torch_threads = torch.get_num_threads() if torch else None
-    numba.set_num_threads(1)
-    cv2_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    if torch:
-        torch.set_num_threads(1)
-    try:
+    with _threads(1):
         fitted.predict(frames[:2])
         timed = {f"member {k + 1} ({label})": m.scores for k, (m, label) in
                  enumerate(zip(fitted.members, fitted.label().split(" & ")))} | {"whole": fitted.predict}
@@ -302,11 +305,6 @@ def stacked(repeats: int = 40, workers: int = 2, model=None) -> dict:
                 t0 = time.perf_counter()
                 fn(frames)
                 seconds[name] += time.perf_counter() - t0
-    finally:
-        numba.set_num_threads(threads)
-        cv2.setNumThreads(cv2_threads)
-        if torch:
-            torch.set_num_threads(torch_threads)
     n = CLASSIC_ROUNDS * repeats
     for name, s in seconds.items():
         if name != "whole":
@@ -372,10 +370,7 @@ def _malloc_spots(bounds):
 
 
 def _init_malloc_worker(frames, mask):
-    import cv2
-
-    numba.set_num_threads(1)
-    cv2.setNumThreads(1)
+    _set_threads(1, 1, 1)
     _BENCH.update(frames=frames, mask=mask)
     _malloc_spots((0, 1))
 
@@ -418,7 +413,6 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
     of DeepFreak's topology :data:`MALLOC_TOPOLOGY` on random inputs of a 2 × 2-binned frame's size (batch 16,
     every core), with the peak memory of the process that trains. The best round of each setting is printed,
     with the ratios."""
-    import json
 
     out = {"cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
@@ -460,6 +454,39 @@ def sorting_rates(figures: dict, workers: int = 2) -> tuple[float, float]:
     if one is None or many is None:
         raise KeyError(f"figures without a one-core and a {workers}-process sorting rate: {sorted(figures)}")
     return float(one), float(many)
+
+
+def speed_table(speed_dir, workers: int = 2) -> list[dict]:
+    """Each committed pipeline's test accuracy next to its sorting speed, from a folder of ``bench --json``
+    records (``{"figures": ...}``) and its ``pipelines.json`` (name → ``speed`` file there, ``test`` record
+    under the folder's parent, and ``method`` for a search report; see ``results/speed/``). Pipelines whose
+    records are missing are left out; no ``pipelines.json``, no rows.
+
+    Returns
+    -------
+    list of dict
+        ``name``, ``accuracy`` and ``binary_accuracy`` (per cent), ``one_core`` and ``processes`` (frames/s
+        from one core and from ``workers`` processes), in the index's order.
+    """
+    from pathlib import Path
+
+    from .evaluate import read_test_record
+
+    speed_dir = Path(speed_dir)
+    index = speed_dir / "pipelines.json"
+    if not index.is_file():
+        return []
+    rows = []
+    for name, where in json.loads(index.read_text())["pipelines"].items():
+        speed, test = speed_dir / where["speed"], speed_dir.parent / where["test"]
+        if not (speed.is_file() and test.exists()):
+            continue
+        one_core, processes = sorting_rates(json.loads(speed.read_text())["figures"], workers)
+        metrics = read_test_record(test, where.get("method", "best"))
+        rows.append({"name": name, "accuracy": 100 * metrics["accuracy"],
+                     "binary_accuracy": 100 * metrics["binary_accuracy"], "one_core": one_core,
+                     "processes": processes})
+    return rows
 
 
 def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:

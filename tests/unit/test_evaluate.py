@@ -156,3 +156,22 @@ def test_sorting_rates_read_every_bench_s_figures():
     assert bench.sorting_rates(deepfreak) == (57.0, 124.0)
     with pytest.raises(KeyError, match="2-process"):
         bench.sorting_rates({"frames_per_s_1core": 1.0})
+
+
+def test_speed_table_pairs_each_pipeline_s_speed_with_its_test(tmp_path):
+    from diffranb import bench
+
+    speed = tmp_path / "speed"
+    speed.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(
+        {"test": {"split": "test", "accuracy": 0.95, "binary_accuracy": 0.99}}))
+    (speed / "run.json").write_text(json.dumps({"figures": {"frames_per_s_1core": 80.0, "frames_per_s_2proc": 150.0}}))
+    index = {"pipelines": {"a run": {"speed": "run.json", "test": "run"},
+                           "not timed": {"speed": "missing.json", "test": "run"}}}
+    assert bench.speed_table(speed) == []  # no index yet
+    (speed / "pipelines.json").write_text(json.dumps(index))
+    rows = bench.speed_table(speed)
+    assert [r["name"] for r in rows] == ["a run"]
+    assert rows[0]["accuracy"] == pytest.approx(95.0) and rows[0]["binary_accuracy"] == pytest.approx(99.0)
+    assert (rows[0]["one_core"], rows[0]["processes"]) == (80.0, 150.0)
