@@ -179,6 +179,22 @@ def _predict_range(bounds):
 #: Passes over the benchmark frames per measurement, so that each lasts long enough to time.
 CLASSIC_ROUNDS = 5
 
+#: Frames a sorting pipeline is handed per call in ``bench classic``, ``stacked`` and ``deepfreak --model``,
+#: on one core and on several processes alike: a forest's or a network's cost per call is spread over them.
+#: At a 130 Hz detector, 32 frames are a quarter of a second.
+SORT_BATCH = 32
+
+#: Frames the sorting benches time by default: four calls of :data:`SORT_BATCH`, so that two processes get
+#: two each per pass.
+SORT_FRAMES = 128
+
+
+def _batches(n_frames: int, batch: int) -> list[tuple[int, int]]:
+    """``(a, b)`` bounds of consecutive calls of at most ``batch`` frames over frames 0 … ``n_frames``."""
+    if batch < 1:
+        raise ValueError(f"batch = {batch}: must be at least 1 frame per call")
+    return [(a, min(a + batch, n_frames)) for a in range(0, n_frames, batch)]
+
 
 def _bench_frames(tmp, repeats: int, pixels: int = 512):
     """A small set of ``pixels``² frames built in directory ``tmp`` (seed 7) and the 8-bit frames of its first
@@ -190,23 +206,24 @@ def _bench_frames(tmp, repeats: int, pixels: int = 512):
         return path, np.stack([ds.image8(i) for i in range(repeats)])
 
 
-def _frames_per_s_processes(fitted, frames, workers: int) -> float:
-    """Frames per second of ``fitted.predict`` over :data:`CLASSIC_ROUNDS` passes of ``frames`` on ``workers``
-    processes of one thread; ``fitted`` is a model or the directory each worker loads it from. Every worker
-    holds the model and the frames already: what is timed is the work, not moving frames."""
+def _frames_per_s_processes(fitted, frames, workers: int, batch: int) -> float:
+    """Frames per second of ``fitted.predict`` over :data:`CLASSIC_ROUNDS` passes of ``frames``, in calls of
+    ``batch`` frames, on ``workers`` processes of one thread; ``fitted`` is a model or the directory each
+    worker loads it from. Every worker holds the model and the frames already: what is timed is the work, not
+    moving frames."""
     import pickle
 
     if not isinstance(fitted, str):
         fitted = pickle.loads(pickle.dumps(fitted))  # what the workers will receive
-    return _rate_on_processes(_init_classic_worker, (fitted, frames), _predict_range, len(frames), workers)
+    return _rate_on_processes(_init_classic_worker, (fitted, frames), _predict_range, len(frames), workers,
+                              batch)
 
 
-def _rate_on_processes(initializer, initargs, task, n_frames: int, workers: int) -> float:
+def _rate_on_processes(initializer, initargs, task, n_frames: int, workers: int, batch: int) -> float:
     """Frames per second of ``task((a, b))`` over :data:`CLASSIC_ROUNDS` passes of frames 0 … ``n_frames``
-    in ranges on ``workers`` spawned processes set up by ``initializer(*initargs)``; each process runs one
-    range before the clock starts."""
-    edges = np.linspace(0, n_frames, 2 * workers + 1).astype(int)
-    tasks = [(a, b) for a, b in zip(edges[:-1], edges[1:])] * CLASSIC_ROUNDS
+    in calls of ``batch`` frames on ``workers`` spawned processes set up by ``initializer(*initargs)``; each
+    process runs one call before the clock starts."""
+    tasks = _batches(n_frames, batch) * CLASSIC_ROUNDS
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=initializer,
                              initargs=initargs) as pool:
         list(pool.map(task, tasks[:workers]))
@@ -238,20 +255,22 @@ def _spot_noise_rates(frames, window: int) -> dict:
             "spot_noise_speedup": best["histogram"] / best["sorting"]}
 
 
-def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
+def classic(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int = SORT_BATCH) -> dict:
     """Frames per second of a classic pipeline on 512² frames: feature extraction plus prediction.
 
     ``model`` is a saved model directory (:func:`diffranb.classic.save_model`); without one, the best
     pipeline of the full-scale search (:data:`CLASSIC_BEST`) is fitted on a small 512² set built here, which
     gives the same extraction cost (an SVM fitted on fewer frames keeps fewer support vectors, so pass the
-    full-scale model to time its prediction). Timed over :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames in
-    this process with one thread, and on ``workers`` processes that each hold the frames. A spot pipeline
-    also gets the speed of its noise estimate against the sorting baseline (:func:`_spot_noise_rates`).
+    full-scale model to time its prediction). Timed over :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames,
+    handed over ``batch`` at a time, in this process with one thread and on ``workers`` processes that each
+    hold the frames. A spot pipeline also gets the speed of its noise estimate against the sorting baseline
+    (:func:`_spot_noise_rates`).
     """
     from . import classic as cl
     from . import features
 
-    out = {"cores": os.cpu_count()}
+    out = {"cores": os.cpu_count(), "batch": min(batch, repeats)}
+    calls = _batches(repeats, batch)
     with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
         path, frames = _bench_frames(tmp, repeats)
         if model is None:
@@ -267,50 +286,63 @@ def classic(repeats: int = 40, workers: int = 2, model=None) -> dict:
         fitted.predict(frames[:2])
         extract = predict = 0.0
         for _ in range(CLASSIC_ROUNDS):
-            t0 = time.perf_counter()
-            x = fitted.transform(frames)
-            t1 = time.perf_counter()
-            fitted.pipeline.predict(x)
-            extract, predict = extract + t1 - t0, predict + time.perf_counter() - t1
+            for a, b in calls:
+                t0 = time.perf_counter()
+                x = fitted.transform(frames[a:b])
+                t1 = time.perf_counter()
+                fitted.pipeline.predict(x)
+                extract, predict = extract + t1 - t0, predict + time.perf_counter() - t1
     n = CLASSIC_ROUNDS * repeats
     out["extract_frames_per_s_1core"] = n / extract
     out["predict_frames_per_s_1core"] = n / predict
     out["frames_per_s_1core"] = n / (extract + predict)
     if fitted.config.extractor == "spots":
         out.update(_spot_noise_rates(frames, fitted.config.window))
-    out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(fitted, frames, workers)
+    out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(fitted, frames, workers, batch)
     return out
 
 
-def stacked(repeats: int = 40, workers: int = 2, model=None) -> dict:
+def _sorting_seconds(timed: dict, frames, batch: int) -> dict:
+    """Seconds each callable of ``timed`` (name → f(frames)) takes over :data:`CLASSIC_ROUNDS` passes of
+    ``frames`` in calls of ``batch``, in this process with one thread (numba, OpenCV, torch), alternating
+    between them call by call, after a warm-up call each."""
+    calls = _batches(len(frames), batch)
+    seconds = dict.fromkeys(timed, 0.0)
+    with _threads(1):
+        for fn in timed.values():
+            fn(frames[:2])
+        for _ in range(CLASSIC_ROUNDS):
+            for a, b in calls:
+                for name, fn in timed.items():
+                    t0 = time.perf_counter()
+                    fn(frames[a:b])
+                    seconds[name] += time.perf_counter() - t0
+    return seconds
+
+
+def stacked(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int = SORT_BATCH) -> dict:
     """Frames per second of a saved stacked model (:mod:`diffranb.stack`) on 512² frames: every member's
     probabilities and the combiner, and each member alone, timed in the same run over
-    :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames in this process with one thread (numba, OpenCV,
-    torch); then the whole model on ``workers`` processes of one thread that each hold the frames."""
+    :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames, handed over ``batch`` at a time, in this process with
+    one thread (numba, OpenCV, torch); then the whole model on ``workers`` processes of one thread that each
+    hold the frames."""
     from . import stack
 
     if model is None:
         raise ValueError("bench stacked: --model (a saved stacked model directory) is required")
     fitted = stack.load_model(model)
-    out = {"cores": os.cpu_count(), "pipeline": fitted.label()}
+    out = {"cores": os.cpu_count(), "pipeline": fitted.label(), "batch": min(batch, repeats)}
     with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
         frames = _bench_frames(tmp, repeats)[1]
-    with _threads(1):
-        fitted.predict(frames[:2])
-        timed = {f"member {k + 1} ({label})": m.scores for k, (m, label) in
-                 enumerate(zip(fitted.members, fitted.label().split(" & ")))} | {"whole": fitted.predict}
-        seconds = dict.fromkeys(timed, 0.0)
-        for _ in range(CLASSIC_ROUNDS):
-            for name, fn in timed.items():
-                t0 = time.perf_counter()
-                fn(frames)
-                seconds[name] += time.perf_counter() - t0
+    timed = {f"member {k + 1} ({label})": m.scores for k, (m, label) in
+             enumerate(zip(fitted.members, fitted.label().split(" & ")))} | {"whole": fitted.predict}
+    seconds = _sorting_seconds(timed, frames, batch)
     n = CLASSIC_ROUNDS * repeats
     for name, s in seconds.items():
         if name != "whole":
             out[f"{name} frames_per_s_1core"] = n / s
     out["frames_per_s_1core"] = n / seconds["whole"]
-    out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(str(model), frames, workers)
+    out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(str(model), frames, workers, batch)
     return out
 
 
@@ -320,7 +352,7 @@ CLASSIC_BEST = {"extractor": "lbp", "points": 24, "radius": 3, "classifier": "sv
                 "gamma": 2.0 ** -11, "class_weight": "none", "seed": 0}
 
 
-def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
+def deepfreak(repeats: int = SORT_FRAMES, workers: int = 2, model=None, data=None, batch: int = SORT_BATCH) -> dict:
     """Frames per second of DeepFreak on 512² frames (:func:`diffranb.deepfreak.benchmark`), inference on 1
     and ``workers`` threads at batch 1 and 64. Each figure is timed for at least ``repeats / 8`` seconds
     after a warm-up call.
@@ -328,7 +360,8 @@ def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dic
     Without ``model``: the paper's chosen topology with random weights, trained binned 4× and at full
     resolution (batch 16), inference at full resolution. ``model`` is a saved model directory: its topology
     at its binning, bin mode and training batch size, inference through the model itself (its input map
-    included); then also ``frames_per_s_{workers}proc``, the model sorting simulated frames of its size on
+    included); then also ``frames_per_s_1core`` and ``frames_per_s_{workers}proc``, the model sorting
+    ``repeats`` simulated frames of its size in calls of ``batch``, in one process of one thread and on
     ``workers`` processes of one thread each, as the classic pipelines are timed.
 
     With ``data`` (a built set), training is also timed on ``8 × repeats`` of its frames, read from the file
@@ -354,7 +387,10 @@ def deepfreak(repeats: int = 40, workers: int = 2, model=None, data=None) -> dic
     if loaded is not None:
         with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
             frames8 = _bench_frames(tmp, repeats, out["pixels"])[1]
-        out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(str(model), frames8, workers)
+        out["batch"] = min(batch, repeats)
+        seconds = _sorting_seconds({"model": loaded.predict}, frames8, batch)["model"]
+        out["frames_per_s_1core"] = CLASSIC_ROUNDS * repeats / seconds
+        out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(str(model), frames8, workers, batch)
     return out
 
 
@@ -390,8 +426,9 @@ def _malloc_figures(data: str, workers: int, train_seconds: float) -> dict:
         frames = np.stack([ds.image8(i) for i in range(len(ds))])
     mask = features.detector_mask(frames)
     out = {"configured": float(allocator.configured())}
+    per_call = -(-len(frames) // (2 * workers))  # two calls per process and pass
     out[f"spots_frames_per_s_{workers}proc"] = _rate_on_processes(_init_malloc_worker, (frames, mask), _malloc_spots,
-                                                                  len(frames), workers)
+                                                                  len(frames), workers, per_call)
     torch.set_num_threads(os.cpu_count() or 1)
     size = frames.shape[1] // 2
     out["train_images_per_s"] = deepfreak._train_rate(MALLOC_TOPOLOGY, 5, size, 16, np.random.default_rng(0),
@@ -448,7 +485,9 @@ def malloc(repeats: int = 40, workers: int = 2, rounds: int = 2) -> dict:
 
 def sorting_rates(figures: dict, workers: int = 2) -> tuple[float, float]:
     """Frames per second from one core and from ``workers`` processes in the figures of ``bench classic``,
-    ``bench deepfreak --model`` (one thread, batch 1) or ``bench stacked``, as printed with ``--json``."""
+    ``bench deepfreak --model`` or ``bench stacked``, as printed with ``--json``. A network's record made
+    before the sorting benches handed frames over in batches has no ``frames_per_s_1core``: its one-core
+    figure is then inference at batch 1."""
     one = figures.get("frames_per_s_1core", figures.get("infer_frames_per_s_1thread_batch1"))
     many = figures.get(f"frames_per_s_{workers}proc")
     if one is None or many is None:
@@ -489,15 +528,31 @@ def speed_table(speed_dir, workers: int = 2) -> list[dict]:
     return rows
 
 
-def run(what: str, *, repeats: int = 40, workers: int = 2, model=None, data=None) -> dict:
-    """Run benchmark ``what`` and print its figures, one per line."""
-    kw = {"model": model} if what in ("classic", "deepfreak", "stacked") else {}
+#: The benches that time a model sorting frames, and take ``model`` and ``batch``.
+SORTING_BENCHES = ("classic", "deepfreak", "stacked")
+
+
+def run(what: str, *, repeats: int | None = None, workers: int = 2, model=None, data=None,
+        batch: int | None = None) -> dict:
+    """Run benchmark ``what`` and print its figures, one per line. ``repeats`` and ``batch`` default to each
+    bench's own (:data:`SORT_FRAMES` and :data:`SORT_BATCH` for the sorting benches, 40 frames for the
+    others)."""
+    kw = {} if repeats is None else {"repeats": repeats}
+    if what in SORTING_BENCHES:
+        kw["model"] = model
+        if batch is not None:
+            kw["batch"] = batch
+    elif batch is not None:
+        raise ValueError(f"bench {what}: --batch is for bench {', '.join(SORTING_BENCHES)} only")
     if what == "deepfreak":
         kw["data"] = data
     elif data is not None:
         raise ValueError(f"bench {what}: --data is for bench deepfreak only")
+    for name in ("repeats", "batch"):
+        if name in kw and kw[name] < 1:
+            raise ValueError(f"bench {what}: --{name} = {kw[name]}: must be at least 1")
     result = {"sim": sim, "dataset": dataset, "classic": classic, "deepfreak": deepfreak,
-              "stacked": stacked, "malloc": malloc}[what](repeats=repeats, workers=workers, **kw)
+              "stacked": stacked, "malloc": malloc}[what](workers=workers, **kw)
     for key, value in result.items():
         print(f"{key:45s} {value:10.3f}" if isinstance(value, float) else f"{key:45s} {value:>10}")
     return result

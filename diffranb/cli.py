@@ -35,7 +35,8 @@ def _simulate(args) -> int:
 def _bench(args) -> int:
     from . import bench
 
-    result = bench.run(args.what, repeats=args.repeats, workers=args.workers, model=args.model, data=args.data)
+    result = bench.run(args.what, repeats=args.repeats, workers=args.workers, model=args.model, data=args.data,
+                       batch=args.batch)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -56,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="print speed figures")
     p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked", "malloc"], help="what to benchmark")
-    p.add_argument("--repeats", type=int, default=40, help="images per measurement (default 40)")
+    p.add_argument("--repeats", type=int, help="images per measurement (default 128 for classic, deepfreak and "
+                                               "stacked, else 40)")
+    p.add_argument("--batch", type=int, help="classic, deepfreak --model, stacked: frames handed to the model per "
+                                             "call, on one core and on each process (default 32)")
     p.add_argument("--workers", type=int, default=2, help="processes for the multi-core figure (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.add_argument("--model", help="a saved model directory to time (bench classic: default fit the best pipeline; "

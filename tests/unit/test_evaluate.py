@@ -175,3 +175,29 @@ def test_speed_table_pairs_each_pipeline_s_speed_with_its_test(tmp_path):
     assert [r["name"] for r in rows] == ["a run"]
     assert rows[0]["accuracy"] == pytest.approx(95.0) and rows[0]["binary_accuracy"] == pytest.approx(99.0)
     assert (rows[0]["one_core"], rows[0]["processes"]) == (80.0, 150.0)
+
+
+def test_sorting_benches_hand_the_model_the_same_batches_on_one_core_and_on_processes():
+    from diffranb import bench
+
+    assert bench._batches(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert bench._batches(64, 32) == [(0, 32), (32, 64)] and bench._batches(3, 32) == [(0, 3)]
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        bench._batches(5, 0)
+    sizes = []
+    frames = np.zeros((5, 8, 8), np.uint8)
+    seconds = bench._sorting_seconds({"f": lambda x: sizes.append(len(x)), "g": lambda x: None}, frames, 2)
+    assert set(seconds) == {"f", "g"} and all(s >= 0 for s in seconds.values())
+    assert sizes == [2] + [2, 2, 1] * bench.CLASSIC_ROUNDS  # a warm-up call, then every pass in calls of 2
+
+
+def test_bench_refuses_a_batch_where_it_means_nothing_and_a_count_below_one():
+    from diffranb import bench
+
+    with pytest.raises(ValueError, match="--batch is for bench classic"):
+        bench.run("sim", batch=8)
+    with pytest.raises(ValueError, match="--repeats = 0"):
+        bench.run("classic", repeats=0)
+    with pytest.raises(ValueError, match="--batch = -1"):
+        bench.run("stacked", batch=-1, model="somewhere")
+    assert cli.main(["bench", "malloc", "--batch", "4"]) == 2
