@@ -11,11 +11,12 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 
 import numba
 import numpy as np
+
+from .threads import limited, set_threads
 
 #: nanoBragg's time for one 512² image at 30 mosaic domains plus background and noise, on the project's
 #: 2-core machines (measured outside this package): the target is ≥ 30× faster at matched physics.
@@ -137,36 +138,12 @@ def dataset(repeats: int = 40, workers: int = 2) -> dict:
 _BENCH = {}
 
 
-def _set_threads(numba_threads: int, cv2_threads: int, torch_threads: int | None) -> tuple:
-    """Set the threads of numba, OpenCV and (if loaded and given) torch; returns the previous three counts."""
-    import cv2
-
-    torch = sys.modules.get("torch")
-    previous = numba.get_num_threads(), cv2.getNumThreads(), torch.get_num_threads() if torch else None
-    numba.set_num_threads(numba_threads)
-    cv2.setNumThreads(cv2_threads)
-    if torch and torch_threads is not None:
-        torch.set_num_threads(torch_threads)
-    return previous
-
-
-@contextmanager
-def _threads(n: int = 1):
-    """Run the body with ``n`` threads for numba, OpenCV and (if loaded) torch, as a one-core figure must; the
-    previous counts are restored afterwards."""
-    previous = _set_threads(n, n, n)
-    try:
-        yield
-    finally:
-        _set_threads(*previous)
-
-
 def _init_classic_worker(model, frames):
     if isinstance(model, str):  # a saved model's directory (DeepFreak networks do not pickle)
         from .evaluate import load_model
 
         model = load_model(model)
-    _set_threads(1, 1, 1)  # one thread per process (torch too, for a stacked model's networks)
+    set_threads(1, 1, 1)  # one thread per process (torch too, for a stacked model's networks)
     _BENCH.update(model=model, frames=frames)
     model.predict(frames[:1])  # compile and warm up before the clock
 
@@ -282,7 +259,7 @@ def classic(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int
     classifier = fitted.pipeline[-1]
     if hasattr(classifier, "n_jobs"):
         classifier.n_jobs = 1
-    with _threads(1):  # OpenCV too: the spot statistics' median and box filters would use every core
+    with limited(1):  # OpenCV too: the spot statistics' median and box filters would use every core
         fitted.predict(frames[:2])
         extract = predict = 0.0
         for _ in range(CLASSIC_ROUNDS):
@@ -308,7 +285,7 @@ def _sorting_seconds(timed: dict, frames, batch: int) -> dict:
     between them call by call, after a warm-up call each."""
     calls = _batches(len(frames), batch)
     seconds = dict.fromkeys(timed, 0.0)
-    with _threads(1):
+    with limited(1):
         for fn in timed.values():
             fn(frames[:2])
         for _ in range(CLASSIC_ROUNDS):
@@ -406,7 +383,7 @@ def _malloc_spots(bounds):
 
 
 def _init_malloc_worker(frames, mask):
-    _set_threads(1, 1, 1)
+    set_threads(1, 1, 1)
     _BENCH.update(frames=frames, mask=mask)
     _malloc_spots((0, 1))
 
