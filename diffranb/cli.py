@@ -217,6 +217,39 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (on standard error)")
     p.set_defaults(func=_evaluate)
 
+    p = sub.add_parser("sort", help="classify frames with a saved model and write each frame's class (CSV)")
+    p.add_argument("--model", required=True, help="model directory (with model.json): classic, DeepFreak or stacked")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="frames: a set built by `diffranb generate`, another HDF5 file, a .npy array, PNG / TIFF "
+                        "images, or directories of them (8-bit frames, or 16-bit raw frames in ADU)")
+    p.add_argument("--out", required=True, help="CSV to write: file, frame, label, diffraction, p_<class>")
+    p.add_argument("--dataset", help="HDF5 files other than diffranb sets: the dataset of frames (default: the "
+                                     "file's only 2-D or 3-D integer array)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="diffranb sets: only this split")
+    p.add_argument("--batch", type=int, default=32, help="frames per call of the model (default 32)")
+    p.add_argument("--workers", type=int, default=1, help="processes of one thread each that read and classify "
+                                                          "batches (default 1: this process, all its threads)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (on standard error)")
+    p.set_defaults(func=_sort)
+
+
+def _sort(args) -> int:
+    from . import evaluate, sort
+
+    paths = sort.expand_inputs(args.inputs)
+    sources = [sort.open_source(p, dataset=args.dataset, split=args.split) for p in paths]
+    model = evaluate.load_model(args.model)
+    result = sort.write_csv(model, sources, args.out, batch_size=args.batch, progress=not args.no_progress,
+                            workers=args.workers, model_dir=args.model)
+    n = result["frames"]
+    print(f"sorted {n} frames of {len(sources)} file{'s' * (len(sources) != 1)} in {result['seconds']:.1f} s "
+          f"({result['frames_per_s']:.1f} frames/s) into {args.out}")
+    for c, k in result["counts"].items():
+        print(f"  {c:12s} {k:8d}  {100 * k / max(n, 1):5.1f} %")
+    print(f"  diffraction  {result['kept']:8d}  {100 * result['kept'] / max(n, 1):5.1f} %  (weak, good or strong: "
+          "frames to keep)")
+    return 0
+
 
 def _train_classic(args) -> int:
     from . import classic, features, tune

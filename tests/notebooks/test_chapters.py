@@ -155,6 +155,8 @@ def test_deepfreak(tmp_path):
     committed = [d for d in OTHER_RUNS if (REPO / "results" / d / "metrics.json").is_file()]
     assert values["n_other_runs"] == len(committed)  # the other committed runs are compared all the same
     assert 0 <= values["stack_test_accuracy"] <= 100 and 0 <= values["stack_binary_accuracy"] <= 100
+    # the stacked model sorting the test frames from PNGs agrees with it evaluated on the set
+    assert values["sorted_png_agreement"] == values["stack_test_accuracy"]
     record = REPO / "results" / "stacked" / "test.json"
     if record.is_file():  # the committed full-scale figure, shown as it is
         metrics = json.loads(record.read_text())["metrics"]
