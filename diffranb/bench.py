@@ -505,6 +505,40 @@ def speed_table(speed_dir, workers: int = 2) -> list[dict]:
     return rows
 
 
+def read(repeats: int = 40, workers: int = 2, data=None, batch: int = SORT_BATCH) -> dict:
+    """Frames per second of reading scattered frames from a built set, as :meth:`Dataset.batches
+    <diffranb.dataset.Dataset.batches>` does for a split, a shuffled epoch or a stacked model's members:
+    :func:`diffranb.dataset.read_frames` (one read per run of consecutive frames) against h5py's list
+    indexing, the baseline, in the same run. ``repeats`` batches of ``batch`` increasing indices drawn at
+    random (seed 0), alternating the two ways batch by batch, in this process. ``data``: a built set (default:
+    120 frames of 512² built here). ``workers`` is not used: reading is timed in one process."""
+    from .dataset import open_dataset, read_frames
+
+    with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+        path = data if data is not None else _bench_frames(tmp, 1)[0]
+        with open_dataset(path) as ds:
+            images, n = ds.images, len(ds)
+            rng = np.random.default_rng(0)
+            wanted = [np.sort(rng.choice(n, min(batch, n), replace=False)) for _ in range(repeats)]
+            seconds = {"runs": 0.0, "list": 0.0}
+            for w in wanted:
+                t0 = time.perf_counter()
+                fast = read_frames(images, w)
+                t1 = time.perf_counter()
+                slow = images[w]
+                seconds["runs"] += t1 - t0
+                seconds["list"] += time.perf_counter() - t1
+                if not np.array_equal(fast, slow):
+                    raise AssertionError(f"read_frames differs from h5py's list indexing at frames {w.tolist()}")
+            out = {"frames_in_set": n, "frame_shape": "×".join(map(str, images.shape[1:])),
+                   "compression": str(images.compression), "batch": min(batch, n)}
+    total = repeats * min(batch, n)
+    out["read_frames_per_s"] = total / seconds["runs"]
+    out["h5py_list_frames_per_s"] = total / seconds["list"]
+    out["speedup"] = seconds["list"] / seconds["runs"]
+    return out
+
+
 #: The benches that time a model sorting frames, and take ``model`` and ``batch``.
 SORTING_BENCHES = ("classic", "deepfreak", "stacked")
 
@@ -517,19 +551,20 @@ def run(what: str, *, repeats: int | None = None, workers: int = 2, model=None, 
     kw = {} if repeats is None else {"repeats": repeats}
     if what in SORTING_BENCHES:
         kw["model"] = model
+    if what in SORTING_BENCHES + ("read",):
         if batch is not None:
             kw["batch"] = batch
     elif batch is not None:
-        raise ValueError(f"bench {what}: --batch is for bench {', '.join(SORTING_BENCHES)} only")
-    if what == "deepfreak":
+        raise ValueError(f"bench {what}: --batch is for bench {', '.join(SORTING_BENCHES)} and read only")
+    if what in ("deepfreak", "read"):
         kw["data"] = data
     elif data is not None:
-        raise ValueError(f"bench {what}: --data is for bench deepfreak only")
+        raise ValueError(f"bench {what}: --data is for bench deepfreak and read only")
     for name in ("repeats", "batch"):
         if name in kw and kw[name] < 1:
             raise ValueError(f"bench {what}: --{name} = {kw[name]}: must be at least 1")
     result = {"sim": sim, "dataset": dataset, "classic": classic, "deepfreak": deepfreak,
-              "stacked": stacked, "malloc": malloc}[what](workers=workers, **kw)
+              "stacked": stacked, "malloc": malloc, "read": read}[what](workers=workers, **kw)
     for key, value in result.items():
         print(f"{key:45s} {value:10.3f}" if isinstance(value, float) else f"{key:45s} {value:>10}")
     return result

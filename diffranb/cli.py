@@ -56,18 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="print speed figures")
-    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked", "malloc"], help="what to benchmark")
+    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked", "malloc", "read"],
+                   help="what to benchmark")
     p.add_argument("--repeats", type=int, help="images per measurement (default 128 for classic, deepfreak and "
-                                               "stacked, else 40)")
+                                               "stacked, else 40); bench read: batches read")
     p.add_argument("--batch", type=int, help="classic, deepfreak --model, stacked: frames handed to the model per "
-                                             "call, on one core and on each process (default 32)")
+                                             "call, on one core and on each process; read: frames per batch "
+                                             "(default 32)")
     p.add_argument("--workers", type=int, default=2, help="processes for the multi-core figure (default 2)")
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.add_argument("--model", help="a saved model directory to time (bench classic: default fit the best pipeline; "
                                    "bench deepfreak: default the paper's topology with random weights, unbinned; "
                                    "bench stacked: required)")
     p.add_argument("--data", help="bench deepfreak: also time training on this set's frames, read from the file "
-                                  "every epoch and kept in memory (deepfreak.BinnedFrames)")
+                                  "every epoch and kept in memory (deepfreak.BinnedFrames); bench read: the set to "
+                                  "read (default: 120 frames of 512² built here)")
     p.set_defaults(func=_bench)
     _add_dataset_commands(sub)
     _add_classic_commands(sub)

@@ -283,6 +283,25 @@ def test_a_partial_build_with_other_parameters_is_refused(tmp_path):
 # --- Reading and exporting -------------------------------------------------------------------------------
 
 
+def test_frames_are_read_in_runs_as_h5py_reads_them_one_by_one(tiny, capsys):
+    from diffranb import bench
+
+    with dataset.open_dataset(tiny) as ds:
+        wanted = np.array([0, 1, 2, 2, 5, 9, 10, 23])  # runs, a repeat, the last frame
+        one_by_one = np.stack([ds.images[int(i)] for i in wanted])
+        assert np.array_equal(dataset.read_frames(ds.images, wanted), one_by_one)
+        assert dataset.read_frames(ds.images, []).shape == (0, 64, 64)
+        for bad in ([3, 2], [-1, 0], [23, 24]):
+            with pytest.raises(ValueError, match="must be increasing indices below 24"):
+                dataset.read_frames(ds.images, bad)
+        # a shuffled batch comes back in the order asked for
+        images, labels, idx = next(ds.batches([9, 2, 3, 9], batch_size=4, eight_bit=False))
+        assert np.array_equal(images, np.stack([ds.images[i] for i in (9, 2, 3, 9)])) and list(idx) == [9, 2, 3, 9]
+    figures = bench.run("read", repeats=3, data=str(tiny), batch=5)  # checks itself against h5py's list reads
+    assert figures["batch"] == 5 and figures["read_frames_per_s"] > 0 and figures["h5py_list_frames_per_s"] > 0
+    assert "speedup" in capsys.readouterr().out
+
+
 def test_the_file_is_read_lazily(tiny):
     with dataset.open_dataset(tiny) as ds:
         assert isinstance(ds.images, h5py.Dataset)  # nothing read yet

@@ -194,7 +194,7 @@ def test_sorting_benches_hand_the_model_the_same_batches_on_one_core_and_on_proc
 def test_bench_refuses_a_batch_where_it_means_nothing_and_a_count_below_one():
     from diffranb import bench
 
-    with pytest.raises(ValueError, match="--batch is for bench classic"):
+    with pytest.raises(ValueError, match="--batch is for bench classic, deepfreak, stacked and read only"):
         bench.run("sim", batch=8)
     with pytest.raises(ValueError, match="--repeats = 0"):
         bench.run("classic", repeats=0)
