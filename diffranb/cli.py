@@ -224,11 +224,13 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--model", required=True, help="model directory (with model.json): classic, DeepFreak or stacked")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="frames: a set built by `diffranb generate`, another HDF5 file, a .npy array, PNG / TIFF "
-                        "images, or directories of them (8-bit frames, or 16-bit raw frames in ADU)")
+                        "images (multi-page TIFFs too), or directories of images and HDF5 files (8-bit frames, or "
+                        "16-bit raw frames in ADU)")
     p.add_argument("--out", required=True, help="CSV to write: file, frame, label, diffraction, p_<class>")
     p.add_argument("--dataset", help="HDF5 files other than diffranb sets: the dataset of frames (default: the "
-                                     "file's only 2-D or 3-D integer array)")
-    p.add_argument("--split", choices=["train", "val", "test"], help="diffranb sets: only this split")
+                                     "file's only 2-D or 3-D array of 8-bit or 16-bit frames)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="diffranb sets: only this split (an HDF5 "
+                                                                     "file that is not one is refused)")
     p.add_argument("--batch", type=int, default=32, help="frames per call of the model (default 32)")
     p.add_argument("--workers", type=int, default=1, help="processes of one thread each that read and classify "
                                                           "batches (default 1: this process, all its threads)")
@@ -242,8 +244,12 @@ def _sort(args) -> int:
     paths = sort.expand_inputs(args.inputs)
     sources = [sort.open_source(p, dataset=args.dataset, split=args.split) for p in paths]
     model = evaluate.load_model(args.model)
-    result = sort.write_csv(model, sources, args.out, batch_size=args.batch, progress=not args.no_progress,
-                            workers=args.workers, model_dir=args.model)
+    try:
+        result = sort.write_csv(model, sources, args.out, batch_size=args.batch, progress=not args.no_progress,
+                                workers=args.workers, model_dir=args.model)
+    except KeyboardInterrupt:
+        print(f"diffranb sort: interrupted; {args.out} was not written", file=sys.stderr)
+        return 130
     n = result["frames"]
     print(f"sorted {n} frames of {len(sources)} file{'s' * (len(sources) != 1)} in {result['seconds']:.1f} s "
           f"({result['frames_per_s']:.1f} frames/s) into {args.out}")

@@ -1,34 +1,44 @@
-"""Sorting frames with a saved model: what a beamline runs on the frames a detector writes.
+"""Sorting frames with a saved model: what a beamline runs on the frames its detector wrote.
 
-:func:`read_frames` reads frames from the files a user has: a set built by ``diffranb generate``, any HDF5
-file with a stack of frames, NumPy arrays, or 8-bit and 16-bit PNG / TIFF images (DiffraNet's own form, and
-what ``diffranb export`` writes). Raw frames (16-bit) are the detector's ADU and are reduced to the 8-bit
-frames the models see by :func:`diffranb.dataset.to_8bit`, the mapping of diffranb's simulated detector.
-:func:`sort_frames` gives each frame a class and the model's probabilities; ``diffranb sort`` writes them as
-CSV, one row per frame, with a ``diffraction`` column (weak, good or strong: a frame to keep).
+:func:`open_source` opens the files a user has:
+- a set built by ``diffranb generate`` (all of it or one split);
+- any other HDF5 file with a stack of frames;
+- NumPy arrays;
+- 8-bit and 16-bit PNG / TIFF images, multi-page TIFFs included. This is the form of DiffraNet's own frames, and
+  what ``diffranb export`` writes.
 
-A model only knows the detector it was trained on: frames of another detector, or of another size than the
-model's, are not what it learnt. A frame size that cannot work is refused before anything is written.
+Raw frames (16-bit, either byte order) are the detector's ADU. They are reduced to the 8-bit frames the models
+see by :func:`diffranb.dataset.to_8bit`, the mapping of diffranb's simulated detector.
+
+:func:`write_csv` gives each frame a class and the model's probabilities, one CSV row per frame, with a
+``diffraction`` column: 1 unless the class is one of :data:`diffranb.evaluate.NO_DIFFRACTION`, as in the binary
+accuracy. ``diffranb sort`` is its command line.
+
+A model only knows the detector it was trained on. Frames of another detector, or of another size than the
+model's, are not what it learnt. Every file is opened, and its frame size and type checked against the model,
+before any frame is sorted.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import os
+import signal
+import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-#: File name endings read as images, one frame per file (8-bit, or 16-bit ADU).
+from .evaluate import NO_DIFFRACTION
+
+#: File name endings read as images (8-bit, or 16-bit ADU; a multi-page TIFF holds several frames).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: File name endings read as HDF5.
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".cxi")
-#: The classes of a frame worth keeping: a crystal diffracted.
-KEEP_CLASSES = ("weak", "good", "strong")
+#: Image modes (Pillow's) of greyscale frames: 8-bit, 16-bit, and 32-bit integers holding 16-bit values.
+IMAGE_MODES = ("L", "I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ class Source:
     dataset : str or None
         The HDF5 dataset holding the frames.
     indices : numpy.ndarray or None
-        The frames of a diffranb set that are read (one split), else all.
+        The frames of a diffranb set that are read (one split, increasing), else all.
     """
 
     path: Path
@@ -55,141 +65,159 @@ class Source:
     dataset: str | None = None
     indices: np.ndarray | None = None
 
+    def frame_numbers(self, a: int, b: int) -> np.ndarray:
+        """What the CSV calls frames ``a`` … ``b`` of this source: a diffranb set's own frame indices, else
+        0, 1, … within the file."""
+        return self.indices[a:b] if self.indices is not None else np.arange(a, b)
+
+
+def _check_dtype(dtype, where: str) -> None:
+    dtype = np.dtype(dtype)
+    if not (dtype.kind == "u" and dtype.itemsize in (1, 2)):
+        raise ValueError(f"{where}: frames of {dtype}; diffranb reads 8-bit frames (uint8) or raw detector frames "
+                         "in ADU (uint16)")
+
 
 def _as_8bit(frames, where: str) -> np.ndarray:
-    """8-bit frames from 8-bit or 16-bit (ADU) ones; anything else is refused."""
+    """8-bit frames from 8-bit or 16-bit (ADU, either byte order) ones; anything else is refused."""
     from .dataset import to_8bit
 
     frames = np.asarray(frames)
-    if frames.dtype == np.uint8:
-        return frames
-    if frames.dtype == np.uint16:
-        return to_8bit(frames)
-    raise ValueError(f"{where}: frames of {frames.dtype}; diffranb reads 8-bit frames (uint8) or raw detector "
-                     "frames in ADU (uint16)")
+    _check_dtype(frames.dtype, where)
+    if frames.dtype.itemsize == 1:
+        return frames.astype(np.uint8, copy=False)
+    return to_8bit(frames.astype(np.uint16, copy=False))
 
 
-def _hdf5_frames(path: Path, dataset: str | None) -> str:
-    """The dataset of an HDF5 file that holds its frames: ``dataset`` if given, else its only 2-D or 3-D
-    integer array."""
+def _frames_shape(shape, where: str) -> tuple[int, tuple]:
+    """(number of frames, (M, N)) of an array of one frame (M, N) or of frames (n, M, N)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{where}: an array of shape {shape}; frames are (M, N) or (n, M, N)")
+    return (1, shape) if len(shape) == 2 else (shape[0], shape[1:])
+
+
+def _hdf5_frames(f, path: Path) -> str:
+    """The only dataset of open HDF5 file ``f`` that can hold frames: 2-D or 3-D, 8-bit or 16-bit unsigned."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        if dataset is not None:
-            if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
-                raise ValueError(f"{str(path)!r}: no dataset {dataset!r}")
-            return dataset
-        found = []
-        f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3)
-                     and obj.dtype.kind in "ui" else None)
+    found = []
+    f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim in (2, 3)
+                 and obj.dtype.kind == "u" and obj.dtype.itemsize in (1, 2) else None)
     if len(found) != 1:
-        raise ValueError(f"{str(path)!r}: {len(found)} arrays of frames ({', '.join(found) or 'none'}); name the "
-                         "one to sort with --dataset")
+        raise ValueError(f"{str(path)!r}: {len(found)} arrays of 8-bit or 16-bit frames "
+                         f"({', '.join(found) or 'none'}); name the one to sort with --dataset (frames held in "
+                         "other files, through external links, are found only by name)")
     return found[0]
 
 
 def open_source(path, *, dataset: str | None = None, split: str | None = None) -> Source:
-    """What :func:`read_frames` will read of file ``path``.
+    """What will be read of file ``path``, checked: its frames' number, size and type.
 
     Parameters
     ----------
     path : str or os.PathLike
         A set built by ``diffranb generate``, another HDF5 file, a ``.npy`` array of one frame (M, N) or of
-        frames (n, M, N), or one image (:data:`IMAGE_SUFFIXES`).
+        frames (n, M, N), or an image (:data:`IMAGE_SUFFIXES`).
     dataset : str, optional
-        HDF5 files other than diffranb sets: the dataset of frames (default: the file's only 2-D or 3-D
-        integer array).
+        HDF5 files other than diffranb sets: the dataset of frames (default: the file's only 2-D or 3-D array
+        of 8-bit or 16-bit frames). Not used for other files.
     split : {"train", "val", "test"}, optional
-        diffranb sets only: sort this split (default all frames).
+        diffranb sets: sort this split only (default all frames). Not used for images and arrays; an HDF5 file
+        that is not a diffranb set is refused.
     """
+    import h5py
+
+    from .dataset import SPLITS, open_dataset
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r}: no such file")
+    where = repr(str(path))
     suffix = path.suffix.lower()
     if suffix in HDF5_SUFFIXES:
-        import h5py
-
-        from .dataset import SPLITS, open_dataset
-
         try:
             with h5py.File(path, "r") as f:
-                is_set = "images" in f and "labels" in f and "split" in f
+                is_set = all(name in f for name in ("images", "labels", "split")) and dataset in (None, "images")
+                if not is_set and split is not None:
+                    raise ValueError(f"{where}: --split is for sets built by diffranb generate; this file is not "
+                                     "one" + ("" if split in SPLITS else f" (and the splits are {', '.join(SPLITS)})"))
+                if not is_set:
+                    name = dataset if dataset is not None else _hdf5_frames(f, path)
+                    if name not in f or not isinstance(f[name], h5py.Dataset):
+                        raise ValueError(f"{where}: no dataset {name!r}")
+                    _check_dtype(f[name].dtype, f"{where}:{name}")
+                    n, shape = _frames_shape(f[name].shape, f"{where}:{name}")
         except OSError as exc:
-            raise ValueError(f"{str(path)!r}: not a readable HDF5 file ({exc})") from None
-        if is_set and dataset in (None, "images"):
+            raise ValueError(f"{where}: not a readable HDF5 file ({exc})") from None
+        if is_set:
             with open_dataset(path) as ds:
                 indices = np.arange(len(ds)) if split is None else ds.indices(split)
-                shape = tuple(ds.images.shape[1:])
-            return Source(path, "diffranb", len(indices), shape, "images", indices)
-        if split is not None:
-            raise ValueError(f"{str(path)!r}: --split is for sets built by diffranb generate; this file is not one"
-                             + ("" if split in SPLITS else f" (and the splits are {', '.join(SPLITS)})"))
-        name = _hdf5_frames(path, dataset)
-        with h5py.File(path, "r") as f:
-            shape = f[name].shape
-        n, shape = (1, shape) if len(shape) == 2 else (shape[0], shape[1:])
-        return Source(path, "hdf5", n, tuple(shape), name)
-    if dataset is not None or split is not None:
-        raise ValueError(f"{str(path)!r}: --dataset and --split are for HDF5 files")
+                return Source(path, "diffranb", len(indices), tuple(ds.images.shape[1:]), "images", indices)
+        return Source(path, "hdf5", n, shape, name)
     if suffix == ".npy":
         try:
             array = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{str(path)!r}: not a readable .npy array ({exc})") from None
-        if array.ndim not in (2, 3):
-            raise ValueError(f"{str(path)!r}: an array of shape {array.shape}; frames are (M, N) or (n, M, N)")
-        n, shape = (1, array.shape) if array.ndim == 2 else (array.shape[0], array.shape[1:])
-        return Source(path, "npy", n, tuple(shape))
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{where}: not a readable .npy array ({exc or 'empty file'})") from None
+        _check_dtype(array.dtype, where)
+        n, shape = _frames_shape(array.shape, where)
+        return Source(path, "npy", n, shape)
     if suffix in IMAGE_SUFFIXES:
         from PIL import Image
 
         try:
             with Image.open(path) as image:
-                return Source(path, "image", 1, (image.height, image.width))
+                mode, size, pages = image.mode, (image.height, image.width), getattr(image, "n_frames", 1)
         except OSError as exc:
-            raise ValueError(f"{str(path)!r}: not a readable image ({exc})") from None
-    raise ValueError(f"{str(path)!r}: diffranb sorts HDF5 ({', '.join(HDF5_SUFFIXES)}), .npy and image "
+            raise ValueError(f"{where}: not a readable image ({exc})") from None
+        if mode not in IMAGE_MODES:
+            raise ValueError(f"{where}: a {mode} image; diffranb reads greyscale frames (8-bit, or 16-bit ADU): "
+                             "convert it to greyscale first")
+        return Source(path, "image", pages, size)
+    raise ValueError(f"{where}: diffranb sorts HDF5 ({', '.join(HDF5_SUFFIXES)}), .npy and image "
                      f"({', '.join(IMAGE_SUFFIXES)}) files")
 
 
-@contextmanager
-def _reader(source: Source):
-    """``read(a, b)``: 8-bit frames ``a`` … ``b`` of ``source``, (b − a, M, N) uint8, the file open
-    meanwhile."""
-    where = str(source.path)
-    if source.kind == "diffranb":
-        from .dataset import open_dataset
+def _read(source: Source, a: int, b: int) -> np.ndarray:
+    """8-bit frames ``a`` … ``b`` of ``source``, (b − a, M, N) uint8."""
+    where = repr(str(source.path))
+    try:
+        if source.kind == "diffranb":
+            from .dataset import open_dataset, read_frames
 
-        with open_dataset(source.path) as ds:
-            yield lambda a, b: next(ds.batches(source.indices[a:b], batch_size=b - a))[0]
-    elif source.kind == "hdf5":
-        import h5py
+            with open_dataset(source.path) as ds:
+                return _as_8bit(read_frames(ds.images, source.indices[a:b]), where)
+        if source.kind == "hdf5":
+            import h5py
 
-        with h5py.File(source.path, "r") as f:
-            data = f[source.dataset]
-            yield lambda a, b: _as_8bit(data[()][None] if data.ndim == 2 else data[a:b],
-                                        f"{where}:{source.dataset}")
-    elif source.kind == "npy":
-        array = np.load(source.path, mmap_mode="r")
-        yield lambda a, b: _as_8bit(np.array(array[None] if array.ndim == 2 else array[a:b]), where)
-    else:
-        yield lambda a, b: _read_image(source.path)
+            with h5py.File(source.path, "r") as f:
+                data = f[source.dataset]
+                return _as_8bit(data[()][None] if data.ndim == 2 else data[a:b], f"{where}:{source.dataset}")
+        if source.kind == "npy":
+            array = np.load(source.path, mmap_mode="r")
+            return _as_8bit(np.array(array[None] if array.ndim == 2 else array[a:b]), where)
+        return np.stack([_read_page(source, k) for k in range(a, b)])
+    except OSError as exc:
+        raise ValueError(f"{where}: could not read frames {a} … {b - 1} ({exc})") from None
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """One greyscale image file as a (1, M, N) uint8 frame (a 16-bit one is ADU)."""
+def _read_page(source: Source, k: int) -> np.ndarray:
+    """Page ``k`` of an image file as an 8-bit frame (M, N) (a 16-bit one is ADU)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        if image.mode not in ("L", "I;16", "I;16B", "I;16L", "I"):
-            raise ValueError(f"{str(path)!r}: a {image.mode} image; diffranb reads greyscale frames (8-bit, or "
-                             "16-bit ADU)")
+    where = repr(str(source.path))
+    with Image.open(source.path) as image:
+        image.seek(k)
+        if image.mode not in IMAGE_MODES or (image.height, image.width) != source.shape:
+            raise ValueError(f"{where}: page {k} is a {image.mode} image of {image.height}×{image.width}; the "
+                             f"first is a greyscale frame of {source.shape[0]}×{source.shape[1]}")
         frame = np.array(image)
-    if frame.dtype != np.uint8:
-        if frame.min() < 0 or frame.max() > 65535:
-            raise ValueError(f"{str(path)!r}: values outside 0 … 65535; not a 16-bit detector frame")
+    if frame.dtype.itemsize > 2 or frame.dtype.kind == "i":
+        if frame.size and (frame.min() < 0 or frame.max() > 65535):
+            raise ValueError(f"{where}: values outside 0 … 65535; not a 16-bit detector frame")
         frame = frame.astype(np.uint16)
-    return _as_8bit(frame[None], str(path))
+    return _as_8bit(frame, where)
 
 
 def check_frame_size(model, shape, where: str = "frames") -> None:
@@ -214,25 +242,46 @@ def check_frame_size(model, shape, where: str = "frames") -> None:
         return
     if not ok:
         raise ValueError(f"{where}: frames of {shape[0]}×{shape[1]} pixels; the model was trained on "
-                         f"{need[0]}×{need[1]}")
+                         f"{need[0]}×{need[1]}: sort them with a model trained on frames of their size")
 
 
 def expand_inputs(paths) -> list[Path]:
-    """Files to sort, in order: each file as given, and the images and ``.npy`` / HDF5 files under each
-    directory (recursively, sorted by path)."""
+    """Files to sort, in order: each file as given, and the images and HDF5 files under each directory
+    (recursively, sorted by path; ``.npy`` files are taken only when named, as a directory may hold other
+    arrays)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.is_file()
-                           and q.suffix.lower() in IMAGE_SUFFIXES + HDF5_SUFFIXES + (".npy",))
+            found = sorted(q for q in p.rglob("*")
+                           if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES + HDF5_SUFFIXES)
             if not found:
-                raise ValueError(f"{str(p)!r}: no frames under this directory")
+                raise ValueError(f"{str(p)!r}: no images or HDF5 files under this directory")
             out.extend(found)
         elif p.exists():
             out.append(p)
         else:
             raise FileNotFoundError(f"{str(p)!r}: no such file or directory")
     return out
+
+
+def _tasks(sources, batch_size: int) -> list[list[tuple[int, int, int]]]:
+    """The sources' frames in calls of ``batch_size``: each call a list of pieces (source number, a, b), so
+    that files of one frame each are still handed over ``batch_size`` at a time."""
+    tasks, current, filled = [], [], 0
+    for k, source in enumerate(sources):
+        a = 0
+        while a < source.n_frames:
+            b = min(a + batch_size - filled, source.n_frames)
+            current.append((k, a, b))
+            filled, a = filled + b - a, b
+            if filled == batch_size:
+                tasks.append(current)
+                current, filled = [], 0
+    return tasks + [current] if current else tasks
+
+
+def _scores(model, sources, task) -> np.ndarray:
+    return np.asarray(model.scores(np.concatenate([_read(sources[k], a, b) for k, a, b in task])))
 
 
 _WORKER = {}
@@ -242,19 +291,18 @@ def _init_worker(model_dir, sources):
     from .evaluate import load_model
     from .threads import set_threads
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the pool on Ctrl-C
     _WORKER.update(model=load_model(model_dir), sources=sources)
     set_threads(1, 1, 1)  # one core per process, torch included (loaded with a network)
 
 
-def _scores_of(task):
-    k, a, b = task
-    with _reader(_WORKER["sources"][k]) as read:
-        return np.asarray(_WORKER["model"].scores(read(a, b)))
+def _worker_scores(task):
+    return _scores(_WORKER["model"], _WORKER["sources"], task)
 
 
 def sort_frames(model, sources, *, batch_size: int = 32, progress: bool = True, workers: int = 1,
                 model_dir=None):
-    """Classify every frame of ``sources``, batch by batch, in order.
+    """Classify every frame of ``sources``, ``batch_size`` frames per call of the model, in order.
 
     Parameters
     ----------
@@ -263,9 +311,12 @@ def sort_frames(model, sources, *, batch_size: int = 32, progress: bool = True, 
     sources : list of Source
         From :func:`open_source`; their frame sizes are checked against the model's before any is read.
     batch_size : int
-        Frames handed to the model per call.
+        Frames handed to the model per call, across files (a folder of one-frame images is sorted in batches
+        too).
     workers : int
         Processes that read and classify batches, one thread each; 1: this process, with the threads it has.
+        A forest's or an SVM's output does not depend on it. A network's probabilities may differ in their
+        last digits with the number of threads it runs on, and so may the class of a frame at a near-tie.
     model_dir : str or os.PathLike
         With ``workers`` > 1: the directory ``model`` was loaded from, which each process loads.
 
@@ -273,7 +324,7 @@ def sort_frames(model, sources, *, batch_size: int = 32, progress: bool = True, 
     ------
     source : Source
     frames : (b,) int64
-        The frames' indices in their source (in a diffranb set: the set's frame index).
+        The frames' numbers (:meth:`Source.frame_numbers`).
     scores : (b, n_classes) float
         The model's class probabilities, in the order of ``model.classes`` (a classic SVM's are 0/1 votes).
     """
@@ -290,40 +341,37 @@ def sort_frames(model, sources, *, batch_size: int = 32, progress: bool = True, 
         raise ValueError("workers > 1: give model_dir, the saved model each process loads")
     for source in sources:
         check_frame_size(model, source.shape, repr(str(source.path)))
-    tasks = [(k, a, min(a + batch_size, s.n_frames)) for k, s in enumerate(sources)
-             for a in range(0, s.n_frames, batch_size)]
-    with tqdm(total=sum(s.n_frames for s in sources), unit="frame", desc="sorting", disable=not progress) as bar:
-        if workers == 1:
-            def scores():
-                for k, group in itertools.groupby(tasks, key=lambda t: t[0]):
-                    with _reader(sources[k]) as read:
-                        for _, a, b in group:
-                            yield np.asarray(model.scores(read(a, b)))
-
-            results = scores()
-            pool = None
-        else:
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(str(model_dir), list(sources)))
-            results = pool.map(_scores_of, tasks)
-        try:
-            for (k, a, b), p in zip(tasks, results):
-                source = sources[k]
-                yield source, (source.indices[a:b] if source.indices is not None else np.arange(a, b)), p
-                bar.update(b - a)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+    tasks = _tasks(sources, batch_size)
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                   initargs=(str(model_dir), list(sources)))
+        results = pool.map(_worker_scores, tasks)
+    else:
+        results = (_scores(model, sources, task) for task in tasks)
+    try:
+        with tqdm(total=sum(s.n_frames for s in sources), unit="frame", desc="sorting",
+                  disable=not progress) as bar:
+            for task, scores in zip(tasks, results):
+                start = 0
+                for k, a, b in task:
+                    yield sources[k], sources[k].frame_numbers(a, b), scores[start:start + b - a]
+                    start += b - a
+                bar.update(start)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = True, workers: int = 1,
               model_dir=None) -> dict:
     """Sort ``sources`` (:func:`sort_frames`, with ``batch_size``, ``workers`` and ``model_dir``) and write one
-    CSV row per frame to ``out``: ``file``, ``frame``, ``label``, ``diffraction`` (1 for :data:`KEEP_CLASSES`),
-    and ``p_<class>`` for each of the model's classes.
+    CSV row per frame to ``out``: ``file``, ``frame``, ``label``, ``diffraction`` (0 for
+    :data:`diffranb.evaluate.NO_DIFFRACTION`, else 1), and ``p_<class>`` for each of the model's classes.
 
-    The rows go to a temporary file beside ``out``, renamed to ``out`` once every frame is sorted: an error
-    half-way leaves no partial file, and an existing ``out`` is refused before anything runs.
+    The rows go to a temporary file beside ``out``, which becomes ``out`` once every frame is sorted. An error
+    half-way leaves no file. An existing ``out`` is refused before anything runs. If a file of that name
+    appears while sorting, it is kept, and so are the rows: the error names the file that holds them.
 
     Returns
     -------
@@ -333,16 +381,17 @@ def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = Tru
     """
     out = Path(out)
     if out.exists():
-        raise ValueError(f"--out {str(out)!r} exists: refusing to overwrite it")
-    if not out.resolve().parent.is_dir():
-        raise ValueError(f"--out {str(out)!r}: its directory does not exist")
-    classes = list(model.classes)
-    keep = np.array([c in KEEP_CLASSES for c in classes])
-    counts = dict.fromkeys(classes, 0)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    start, n = time.perf_counter(), 0
+        raise ValueError(f"{str(out)!r} exists: refusing to overwrite it; choose another name or remove it")
     try:
-        with open(partial, "w", newline="") as handle:
+        fd, partial = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".partial")
+    except OSError as exc:
+        raise ValueError(f"{str(out)!r}: cannot write there ({exc})") from None
+    classes = list(model.classes)
+    keep = np.array([c not in NO_DIFFRACTION for c in classes])
+    counts = dict.fromkeys(classes, 0)
+    start, n, partial_kept = time.perf_counter(), 0, False
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
             rows = csv.writer(handle)
             rows.writerow(["file", "frame", "label", "diffraction"] + [f"p_{c}" for c in classes])
             for source, index, scores in sort_frames(model, sources, batch_size=batch_size, progress=progress,
@@ -353,9 +402,21 @@ def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = Tru
                     counts[classes[k]] += 1
                 n += len(index)
         seconds = time.perf_counter() - start
-        partial.replace(out)
+        try:
+            os.link(partial, out)  # fails if out exists by now: never replaces it
+        except FileExistsError:
+            partial_kept = True
+            raise ValueError(f"{str(out)!r} appeared while sorting: left as it is; the rows are in "
+                             f"{partial!r}") from None
+        except OSError:  # a file system without hard links
+            if out.exists():
+                partial_kept = True
+                raise ValueError(f"{str(out)!r} appeared while sorting: left as it is; the rows are in "
+                                 f"{partial!r}") from None
+            os.replace(partial, out)
     finally:
-        partial.unlink(missing_ok=True)
-    kept = sum(counts[c] for c in classes if c in KEEP_CLASSES)
+        if not partial_kept:
+            Path(partial).unlink(missing_ok=True)
+    kept = sum(counts[c] for c in classes if c not in NO_DIFFRACTION)
     return {"frames": n, "seconds": seconds, "frames_per_s": n / seconds if seconds > 0 else float("nan"),
             "counts": counts, "kept": kept}

@@ -5,6 +5,7 @@ import csv
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from diffranb import classic, cli, dataset, evaluate, features, sort
 
@@ -18,77 +19,137 @@ def forest(classic_tiny_set, tmp_path_factory):
     return classic.save_model(model, root / "spots")
 
 
+@pytest.fixture(scope="module")
+def raw(classic_tiny_set):
+    """The tiny set's raw frames, (80, 128, 128) uint16 ADU."""
+    with dataset.open_dataset(classic_tiny_set) as ds:
+        return ds.images[:]
+
+
+class Fixed:
+    """A stand-in model that calls every frame ``label`` and records how many frames each call got."""
+
+    def __init__(self, classes, label, on_call=None):
+        self.classes, self.label, self.calls, self.on_call = tuple(classes), label, [], on_call
+
+    def scores(self, images8):
+        self.calls.append(len(images8))
+        if self.on_call:
+            self.on_call()
+        p = np.zeros((len(images8), len(self.classes)))
+        p[:, self.classes.index(self.label)] = 1.0
+        return p
+
+
 def read_rows(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
-def test_every_form_of_the_same_frames_sorts_alike(forest, classic_tiny_set, tmp_path):
-    """The set itself, its raw frames in another HDF5 file and in .npy, and its exported PNGs: the same
-    classes and probabilities, equal to the model's own predictions."""
+def sort_to(model, paths, out, **kw):
+    summary = sort.write_csv(model, [sort.open_source(p) for p in sort.expand_inputs(paths)], out, progress=False,
+                             **kw)
+    return summary, read_rows(out)
+
+
+def test_every_form_of_the_same_frames_sorts_alike(forest, classic_tiny_set, raw, tmp_path):
+    """The set itself, its raw frames in another HDF5 file, in .npy (either byte order), in 16-bit and 8-bit
+    images and a multi-page TIFF: the same classes and probabilities, the model's own predictions."""
     model = evaluate.load_model(forest)
-    with dataset.open_dataset(classic_tiny_set) as ds:
-        raw = ds.images[:]
-        expected = model.predict(dataset.to_8bit(raw))
-        test = ds.indices("test")
+    expected = [dataset.ALL_CLASSES[k] for k in model.predict(dataset.to_8bit(raw))]
     with h5py.File(tmp_path / "run.h5", "w") as f:
         f.create_dataset("entry/data/data", data=raw)
         f.create_dataset("entry/meta/exposure", data=np.ones(3))  # not frames: ignored
+        f.create_dataset("entry/meta/pixel_mask", data=np.zeros((128, 128), np.uint32))  # not 8/16-bit: ignored
     np.save(tmp_path / "run.npy", raw)
-    np.save(tmp_path / "one.npy", dataset.to_8bit(raw[5]))  # a single 8-bit frame
-    dataset.export_png(classic_tiny_set, tmp_path / "png", progress=False)
-    names = [dataset.ALL_CLASSES[k] for k in expected]
+    np.save(tmp_path / "big-endian.npy", raw.astype(">u2"))
+    (tmp_path / "png16").mkdir()
+    for i, frame in enumerate(raw):
+        Image.fromarray(frame).save(tmp_path / "png16" / f"{i:03d}.png")  # 16-bit greyscale
+    pages = [Image.fromarray(frame) for frame in raw]
+    pages[0].save(tmp_path / "run.tif", save_all=True, append_images=pages[1:])
+    dataset.export_png(classic_tiny_set, tmp_path / "png", progress=False)  # 8-bit, split/class/NNNNNN.png
 
-    sorted_ = {}
+    rows = {}
     for name, inputs in {"set": [classic_tiny_set], "h5": [tmp_path / "run.h5"], "npy": [tmp_path / "run.npy"],
-                         "png": [tmp_path / "png"]}.items():
-        out = tmp_path / f"{name}.csv"
-        summary = sort.write_csv(model, [sort.open_source(p) for p in sort.expand_inputs(inputs)], out,
-                                 batch_size=7, progress=False)
-        rows = read_rows(out)
-        assert summary["frames"] == len(rows) == len(raw)
-        assert sum(summary["counts"].values()) == len(raw)
-        assert summary["kept"] == sum(int(r["diffraction"]) for r in rows)
-        sorted_[name] = rows
-    for name in ("set", "h5", "npy"):
-        assert [int(r["frame"]) for r in sorted_[name]] == list(range(len(raw)))
-        assert [r["label"] for r in sorted_[name]] == names
-    # the PNGs lie under split/class/NNNNNN.png, each a file of one frame
-    png = {int(r["file"].rsplit("/", 1)[1][:-4]): r for r in sorted_["png"]}
-    assert all(r["frame"] == "0" for r in sorted_["png"])
-    assert [png[i]["label"] for i in range(len(raw))] == names
-    assert [png[i]["p_weak"] for i in range(len(raw))] == [r["p_weak"] for r in sorted_["set"]]
-    for r in sorted_["set"]:
+                         "big-endian": [tmp_path / "big-endian.npy"], "png16": [tmp_path / "png16"],
+                         "tif": [tmp_path / "run.tif"]}.items():
+        summary, rows[name] = sort_to(model, inputs, tmp_path / f"{name}.csv", batch_size=7)
+        assert summary["frames"] == len(rows[name]) == len(raw) and sum(summary["counts"].values()) == len(raw)
+        assert [r["label"] for r in rows[name]] == expected, name
+        probabilities = [[r[f"p_{c}"] for c in model.classes] for r in rows[name]]
+        if name == "set":
+            reference = probabilities
+        assert probabilities == reference, name
+    for name in ("set", "h5", "npy", "tif"):
+        assert [int(r["frame"]) for r in rows[name]] == list(range(len(raw)))
+    assert [r["file"][-7:] for r in rows["png16"]] == [f"{i:03d}.png" for i in range(len(raw))]
+    _, eight_bit = sort_to(model, [tmp_path / "png"], tmp_path / "png8.csv")
+    by_index = {int(r["file"].rsplit("/", 1)[1][:-4]): r for r in eight_bit}
+    assert [by_index[i]["label"] for i in range(len(raw))] == expected
+    for r in rows["set"]:
         p = np.array([float(r[f"p_{c}"]) for c in model.classes])
         assert p.sum() == pytest.approx(1.0, abs=1e-5) and model.classes[p.argmax()] == r["label"]
-        assert r["diffraction"] == str(int(r["label"] in ("weak", "good", "strong")))
-    # one split of a set: the set's own frame indices
+        assert r["diffraction"] == str(int(r["label"] not in ("blank", "no-crystal")))
+    # one split of a set: the set's own frame indices; a single 8-bit frame; a 2-D HDF5 dataset
+    with dataset.open_dataset(classic_tiny_set) as ds:
+        test = ds.indices("test")
     summary = sort.write_csv(model, [sort.open_source(classic_tiny_set, split="test")], tmp_path / "test.csv",
                              progress=False)
     assert [int(r["frame"]) for r in read_rows(tmp_path / "test.csv")] == list(test)
     assert summary["frames"] == len(test)
-    one = read_rows(_sorted(model, tmp_path / "one.npy", tmp_path / "one.csv"))
-    assert len(one) == 1 and one[0]["label"] == names[5]
+    np.save(tmp_path / "one.npy", dataset.to_8bit(raw[5]))
+    with h5py.File(tmp_path / "one.h5", "w") as f:
+        f["frame"] = raw[5]
+    for one in ("one.npy", "one.h5"):
+        assert [r["label"] for r in sort_to(model, [tmp_path / one], tmp_path / f"{one}.csv")[1]] == [expected[5]]
 
 
-def _sorted(model, path, out):
-    sort.write_csv(model, [sort.open_source(path)], out, progress=False)
-    return out
+def test_one_frame_files_are_sorted_in_batches_across_files(tmp_path):
+    for i in range(10):
+        Image.fromarray(np.full((16, 16), i, np.uint8)).save(tmp_path / f"{i}.png")
+    np.save(tmp_path / "three.npy", np.zeros((3, 16, 16), np.uint8))
+    model = Fixed(dataset.CLASSES, "weak")
+    sources = [sort.open_source(p) for p in sort.expand_inputs([tmp_path])] + [sort.open_source(tmp_path / "three.npy")]
+    assert len(sources) == 11  # the directory's images; .npy only when named
+    sort.write_csv(model, sources, tmp_path / "out.csv", batch_size=4, progress=False)
+    assert model.calls == [4, 4, 4, 1]
+    rows = read_rows(tmp_path / "out.csv")
+    assert [r["file"][-9:] for r in rows[-3:]] == ["three.npy"] * 3
+    assert [r["frame"] for r in rows[-3:]] == ["0", "1", "2"]
+    assert sort._tasks(sources, 4)[2] == [(8, 0, 1), (9, 0, 1), (10, 0, 2)]
 
 
-def test_frames_the_model_cannot_sort_are_refused_before_anything_is_written(forest, tmp_path):
+def test_the_diffraction_column_is_the_binary_accuracy_s(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((2, 16, 16), np.uint8))
+    classes = dataset.ALL_CLASSES  # with ice: ice rings scatter, so an ice frame is a diffraction frame
+    for label, diffraction in (("ice", "1"), ("no-crystal", "0"), ("blank", "0"), ("weak", "1")):
+        out = tmp_path / f"{label}.csv"
+        summary = sort.write_csv(Fixed(classes, label), [sort.open_source(tmp_path / "f.npy")], out, progress=False)
+        assert {r["diffraction"] for r in read_rows(out)} == {diffraction}
+        assert summary["kept"] == 2 * int(diffraction)
+        assert label not in evaluate.NO_DIFFRACTION or diffraction == "0"
+
+
+def test_frames_the_model_cannot_take_are_refused_before_any_is_sorted(forest, tmp_path):
     model = evaluate.load_model(forest)
     np.save(tmp_path / "big.npy", np.zeros((2, 256, 256), np.uint8))
     with pytest.raises(ValueError, match="frames of 256×256 pixels; the model was trained on 128×128"):
         sort.write_csv(model, [sort.open_source(tmp_path / "big.npy")], tmp_path / "out.csv", progress=False)
-    assert not (tmp_path / "out.csv").exists() and not list(tmp_path.glob(".out.csv*"))
-    np.save(tmp_path / "float.npy", np.zeros((2, 128, 128), np.float32))
-    with pytest.raises(ValueError, match="float32; diffranb reads 8-bit frames"):
-        sort.write_csv(model, [sort.open_source(tmp_path / "float.npy")], tmp_path / "out.csv", progress=False)
     assert not list(tmp_path.glob("*.csv")) and not list(tmp_path.glob(".out.csv*"))
-    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 128, 128), np.uint8))
-    with pytest.raises(ValueError, match=r"shape \(2, 2, 128, 128\)"):
-        sort.open_source(tmp_path / "cube.npy")
+    refused = {"float.npy": (np.zeros((2, 16, 16), np.float32), "float32; diffranb reads 8-bit"),
+               "int32.npy": (np.zeros((2, 16, 16), np.int32), "int32; diffranb reads 8-bit"),
+               "cube.npy": (np.zeros((2, 2, 16, 16), np.uint8), r"shape \(2, 2, 16, 16\)")}
+    for name, (array, message) in refused.items():
+        np.save(tmp_path / name, array)
+        with pytest.raises(ValueError, match=message):
+            sort.open_source(tmp_path / name)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        sort.open_source(tmp_path / "empty.npy")
+    Image.new("RGB", (16, 16)).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="a RGB image; .*convert it to greyscale"):
+        sort.open_source(tmp_path / "colour.png")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="diffranb sorts HDF5"):
         sort.open_source(tmp_path / "notes.txt")
@@ -98,21 +159,24 @@ def test_frames_the_model_cannot_sort_are_refused_before_anything_is_written(for
     with h5py.File(tmp_path / "two.h5", "w") as f:
         f["a"] = np.zeros((2, 128, 128), np.uint16)
         f["b"] = np.zeros((2, 128, 128), np.uint16)
-    with pytest.raises(ValueError, match="2 arrays of frames .*--dataset"):
+        f["line"] = np.zeros(128, np.uint16)
+        f["stack4"] = np.zeros((2, 1, 128, 128), np.uint16)
+    with pytest.raises(ValueError, match="2 arrays of 8-bit or 16-bit frames .*--dataset"):
         sort.open_source(tmp_path / "two.h5")
     assert sort.open_source(tmp_path / "two.h5", dataset="b").n_frames == 2
-    with pytest.raises(ValueError, match="no dataset 'c'"):
-        sort.open_source(tmp_path / "two.h5", dataset="c")
+    for name, message in (("c", "no dataset 'c'"), ("line", r"shape \(128,\)"), ("stack4", r"shape \(2, 1, 128")):
+        with pytest.raises(ValueError, match=message):
+            sort.open_source(tmp_path / "two.h5", dataset=name)
     with pytest.raises(ValueError, match="--split is for sets built by diffranb generate"):
         sort.open_source(tmp_path / "two.h5", split="test")
     with pytest.raises(FileNotFoundError):
         sort.expand_inputs([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no frames under this directory"):
+    with pytest.raises(ValueError, match="no images or HDF5 files under this directory"):
         sort.expand_inputs([tmp_path / "empty"])
 
 
-def test_a_network_checks_the_size_its_input_bins_from(tmp_path):
+def test_a_network_checks_the_size_its_input_bins_from():
     pytest.importorskip("torch")
     from diffranb import deepfreak as dfk
 
@@ -122,6 +186,22 @@ def test_a_network_checks_the_size_its_input_bins_from(tmp_path):
     sort.check_frame_size(model, (131, 130))  # bins to the same 32 × 32
     with pytest.raises(ValueError, match="frames of 132×128 pixels; the model was trained on 128×128"):
         sort.check_frame_size(model, (132, 128))
+
+
+def test_nothing_is_overwritten_not_even_a_file_that_appears_while_sorting(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((3, 16, 16), np.uint8))
+    source = [sort.open_source(tmp_path / "f.npy")]
+    out = tmp_path / "out.csv"
+    model = Fixed(dataset.CLASSES, "good", on_call=lambda: out.exists() or out.write_text("someone else's\n"))
+    with pytest.raises(ValueError, match="appeared while sorting: left as it is; the rows are in"):
+        sort.write_csv(model, source, out, progress=False)
+    assert out.read_text() == "someone else's\n"
+    kept = list(tmp_path.glob(".out.csv.*.partial"))
+    assert len(kept) == 1 and len(read_rows(kept[0])) == 3  # the rows are not lost
+    with pytest.raises(ValueError, match="exists: refusing to overwrite it; choose another name"):
+        sort.write_csv(Fixed(dataset.CLASSES, "good"), source, out, progress=False)
+    with pytest.raises(ValueError, match="cannot write there"):
+        sort.write_csv(Fixed(dataset.CLASSES, "good"), source, tmp_path / "no-such-dir" / "x.csv", progress=False)
 
 
 def test_sort_command_prints_the_shares_and_never_overwrites(forest, classic_tiny_set, tmp_path, capsys):
@@ -142,15 +222,16 @@ def test_sort_command_prints_the_shares_and_never_overwrites(forest, classic_tin
     assert "batch_size = 0" in capsys.readouterr().err and not (tmp_path / "b.csv").exists()
 
 
-def test_two_processes_write_the_same_rows_in_the_same_order(forest, classic_tiny_set, tmp_path, capsys):
+def test_two_processes_write_the_same_rows_in_the_same_order(forest, classic_tiny_set, raw, tmp_path, capsys):
     model = evaluate.load_model(forest)
-    with dataset.open_dataset(classic_tiny_set) as ds:
-        np.save(tmp_path / "odd.npy", dataset.to_8bit(ds.images[:11]))
-    sources = [sort.open_source(classic_tiny_set), sort.open_source(tmp_path / "odd.npy")]
+    np.save(tmp_path / "odd.npy", dataset.to_8bit(raw[:11]))
+    sources = [sort.open_source(classic_tiny_set, split="test"), sort.open_source(tmp_path / "odd.npy")]
     sort.write_csv(model, sources, tmp_path / "one.csv", batch_size=4, progress=False)
-    assert cli.main(["sort", "--model", str(forest), str(classic_tiny_set), str(tmp_path / "odd.npy"), "--out",
-                     str(tmp_path / "two.csv"), "--batch", "4", "--workers", "2", "--no-progress"]) == 0
-    assert "sorted 91 frames of 2 files" in capsys.readouterr().out
+    n = sources[0].n_frames + 11
+    assert cli.main(["sort", "--model", str(forest), str(classic_tiny_set), str(tmp_path / "odd.npy"), "--split",
+                     "test", "--out", str(tmp_path / "two.csv"), "--batch", "4", "--workers", "2",
+                     "--no-progress"]) == 0
+    assert f"sorted {n} frames of 2 files" in capsys.readouterr().out
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
     with pytest.raises(ValueError, match="give model_dir"):
         next(sort.sort_frames(model, sources, workers=2))
