@@ -234,13 +234,52 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--batch", type=int, default=32, help="frames per call of the model (default 32)")
     p.add_argument("--workers", type=int, default=1, help="processes of one thread each that read and classify "
                                                           "batches (default 1: this process, all its threads)")
+    p.add_argument("--follow", action="store_true",
+                   help="INPUT is one directory: sort its images and .npy files as they appear (once a file's size "
+                        "holds for one poll), appending rows to --out, until --idle-timeout or Ctrl-C")
+    p.add_argument("--idle-timeout", type=float, metavar="S",
+                   help="with --follow: stop after S seconds without a new file (default: run until Ctrl-C)")
+    p.add_argument("--poll", type=float, default=0.5, metavar="S",
+                   help="with --follow: list the directory every S seconds (default 0.5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (on standard error)")
     p.set_defaults(func=_sort)
+
+
+def _follow(args) -> int:
+    from . import evaluate, sort
+
+    if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+        raise ValueError("--follow: give one directory to follow")
+    if args.workers != 1 or args.split or args.dataset:
+        raise ValueError("--follow sorts in this process, the files of frames of one directory: no --workers, "
+                         "--split or --dataset")
+    model = evaluate.load_model(args.model)
+    result = sort.follow(model, args.inputs[0], args.out, batch_size=args.batch, poll_s=args.poll,
+                         idle_timeout_s=args.idle_timeout, progress=not args.no_progress,
+                         warn=lambda message: print(f"diffranb sort: {message}", file=sys.stderr))
+    n = result["frames"]
+    why = "no new file for the idle timeout" if result["stopped"] == "idle" else "interrupted"
+    print(f"followed {args.inputs[0]} for {result['seconds']:.1f} s ({why}): sorted {n} frames of "
+          f"{result['files']} files into {args.out}; skipped {len(result['skipped'])}")
+    _print_shares(result)
+    return 0
+
+
+def _print_shares(result: dict) -> None:
+    n = max(result["frames"], 1)
+    for c, k in result["counts"].items():
+        print(f"  {c:12s} {k:8d}  {100 * k / n:5.1f} %")
+    print(f"  diffraction  {result['kept']:8d}  {100 * result['kept'] / n:5.1f} %  (frames to keep: all but blank "
+          "and no-crystal)")
 
 
 def _sort(args) -> int:
     from . import evaluate, sort
 
+    if args.follow:
+        return _follow(args)
+    if args.idle_timeout is not None:
+        raise ValueError("--idle-timeout is for --follow")
     paths = sort.expand_inputs(args.inputs)
     sources = [sort.open_source(p, dataset=args.dataset, split=args.split) for p in paths]
     model = evaluate.load_model(args.model)
@@ -250,13 +289,9 @@ def _sort(args) -> int:
     except KeyboardInterrupt:
         print(f"diffranb sort: interrupted; {args.out} was not written", file=sys.stderr)
         return 130
-    n = result["frames"]
-    print(f"sorted {n} frames of {len(sources)} file{'s' * (len(sources) != 1)} in {result['seconds']:.1f} s "
-          f"({result['frames_per_s']:.1f} frames/s) into {args.out}")
-    for c, k in result["counts"].items():
-        print(f"  {c:12s} {k:8d}  {100 * k / max(n, 1):5.1f} %")
-    print(f"  diffraction  {result['kept']:8d}  {100 * result['kept'] / max(n, 1):5.1f} %  (weak, good or strong: "
-          "frames to keep)")
+    print(f"sorted {result['frames']} frames of {len(sources)} file{'s' * (len(sources) != 1)} in "
+          f"{result['seconds']:.1f} s ({result['frames_per_s']:.1f} frames/s) into {args.out}")
+    _print_shares(result)
     return 0
 
 

@@ -420,3 +420,141 @@ def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = Tru
     kept = sum(counts[c] for c in classes if c not in NO_DIFFRACTION)
     return {"frames": n, "seconds": seconds, "frames_per_s": n / seconds if seconds > 0 else float("nan"),
             "counts": counts, "kept": kept}
+
+
+#: What a followed directory is watched for: files of frames a detector writes one by one (HDF5 files grow while
+#: they are written, so they are sorted once complete, by naming them).
+FOLLOW_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
+
+
+def _ready_files(directory: Path, sizes: dict, taken: set) -> list[Path]:
+    """Files under ``directory`` not yet taken whose size and modification time have not changed since the
+    last call (``sizes`` remembers them): a file still being written is left for a later call. Hidden files
+    (a writer's temporary names) are ignored. In order of modification time, then name."""
+    ready, now = [], {}
+    for p in directory.rglob("*"):
+        if p in taken or p.name.startswith(".") or p.suffix.lower() not in FOLLOW_SUFFIXES:
+            continue
+        try:
+            stat = p.stat()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        if not p.is_file() or stat.st_size == 0:
+            continue
+        now[p] = (stat.st_size, stat.st_mtime_ns)
+        if sizes.get(p) == now[p]:
+            ready.append(p)
+    sizes.clear()
+    sizes.update(now)
+    return sorted(ready, key=lambda p: (now[p][1], str(p)))
+
+
+def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, idle_timeout_s: float | None = None,
+           progress: bool = True, warn=None) -> dict:
+    """Sort the frames of files as they appear under ``directory``, as a beamline sorts a running experiment,
+    and append one CSV row per frame to ``out`` (the columns of :func:`write_csv`), flushed after every batch.
+
+    Files already there are sorted first. A file is taken once its size has not changed for one poll (it is
+    complete), at most ``batch_size`` frames per call of the model, so that a frame waits no longer than it
+    must. A file that cannot be read or whose frames the model cannot take is reported through ``warn`` and
+    skipped; the run goes on. The run ends when no new file has come for ``idle_timeout_s`` seconds, or on
+    Ctrl-C; the rows written so far stay.
+
+    Parameters
+    ----------
+    model
+        A loaded model (:func:`diffranb.evaluate.load_model`).
+    directory : str or os.PathLike
+        Watched recursively for :data:`FOLLOW_SUFFIXES`.
+    out : str or os.PathLike
+        The CSV; it must not exist (it is never overwritten).
+    batch_size : int
+    poll_s : float, seconds
+        How often the directory is listed.
+    idle_timeout_s : float, seconds, optional
+        Stop after this long without a new file (default: run until Ctrl-C).
+    warn : callable, optional
+        Called with a message for each file skipped (default: :func:`warnings.warn`).
+
+    Returns
+    -------
+    dict
+        ``frames``, ``files``, ``skipped`` (file → reason), ``seconds``, ``counts`` (frames per class),
+        ``kept`` (diffraction frames) and ``stopped`` ("idle" or "interrupted").
+    """
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    directory, out = Path(directory), Path(out)
+    if not directory.is_dir():
+        raise ValueError(f"{str(directory)!r}: not a directory to follow")
+    if batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size}: must be at least 1")
+    if not (poll_s > 0) or (idle_timeout_s is not None and not idle_timeout_s > 0):
+        raise ValueError(f"poll_s = {poll_s}, idle_timeout_s = {idle_timeout_s}: must be > 0 seconds")
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
+    classes = list(model.classes)
+    keep = np.array([c not in NO_DIFFRACTION for c in classes])
+    counts, skipped, files = dict.fromkeys(classes, 0), {}, 0
+    sizes, taken = {}, set()
+    start = last_new = time.monotonic()
+    stopped = "idle"
+    try:
+        handle = open(out, "x", newline="")
+    except FileExistsError:
+        raise ValueError(f"{str(out)!r} exists: refusing to overwrite it; choose another name or remove it") from None
+    except OSError as exc:
+        raise ValueError(f"{str(out)!r}: cannot write there ({exc})") from None
+    with handle, tqdm(unit="frame", desc="following", disable=not progress) as bar:
+        rows = csv.writer(handle)
+        rows.writerow(["file", "frame", "label", "diffraction"] + [f"p_{c}" for c in classes])
+        handle.flush()
+        try:
+            while True:
+                ready = _ready_files(directory, sizes, taken)
+                sources = []
+                for p in ready:
+                    taken.add(p)
+                    try:
+                        source = open_source(p)
+                        check_frame_size(model, source.shape, repr(str(p)))
+                    except ValueError as exc:
+                        skipped[str(p)] = str(exc)
+                        warn(f"skipped: {exc}")
+                        continue
+                    sources.append(source)
+                if ready:
+                    last_new = time.monotonic()
+                for k in range(0, len(sources), batch_size):
+                    group = sources[k:k + batch_size]
+                    try:
+                        results = list(sort_frames(model, group, batch_size=batch_size, progress=False))
+                    except ValueError:  # a file that opened but could not be read: sort the others one by one
+                        results = []
+                        for source in group:
+                            try:
+                                results += list(sort_frames(model, [source], batch_size=batch_size,
+                                                            progress=False))
+                            except ValueError as one:
+                                skipped[str(source.path)] = str(one)
+                                warn(f"skipped: {one}")
+                    for source, index, scores in results:
+                        best = scores.argmax(axis=1)
+                        for i, c, p in zip(index, best, scores):
+                            rows.writerow([str(source.path), int(i), classes[c], int(keep[c])]
+                                          + [f"{v:.6g}" for v in p])
+                            counts[classes[c]] += 1
+                        bar.update(len(index))
+                    files += len({str(s.path) for s, _, _ in results})
+                    handle.flush()
+                if idle_timeout_s is not None and time.monotonic() - last_new >= idle_timeout_s:
+                    break
+                if not ready:
+                    time.sleep(poll_s)
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+    n = sum(counts.values())
+    return {"frames": n, "files": files, "skipped": skipped, "seconds": time.monotonic() - start,
+            "counts": counts, "kept": sum(counts[c] for c in classes if c not in NO_DIFFRACTION),
+            "stopped": stopped}

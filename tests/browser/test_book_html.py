@@ -67,7 +67,10 @@ def test_page_shows_its_figures_and_no_errors(docname, book_url, page, tmp_path)
     print(f"screenshot: {shot}")
 
     main = page.locator("main")
-    assert "Traceback" not in main.inner_text()
+    text = main.inner_text()
+    assert "Traceback" not in text
+    # a figure glued into the prose must read as a number, not as NumPy's repr of one
+    assert "np.float64(" not in text and "np.int64(" not in text, f"{docname}: a NumPy scalar glued as its repr"
     errors = page.locator(ERROR_OUTPUTS)
     assert errors.count() == 0, f"error output on {docname}: {errors.first.inner_text()[:500]}"
     # a Markdown table printed by a cell must come out as a table, not as a paragraph of pipes

@@ -1,6 +1,9 @@
 """Sorting frames from files with a saved model (diffranb.sort, ``diffranb sort``)."""
 
 import csv
+import os
+import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -235,3 +238,57 @@ def test_two_processes_write_the_same_rows_in_the_same_order(forest, classic_tin
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
     with pytest.raises(ValueError, match="give model_dir"):
         next(sort.sort_frames(model, sources, workers=2))
+
+
+def test_follow_sorts_files_as_they_appear_and_skips_what_it_cannot_read(forest, raw, tmp_path):
+    import threading
+
+    model = evaluate.load_model(forest)
+    expected = [dataset.ALL_CLASSES[k] for k in model.predict(dataset.to_8bit(raw[:9]))]
+    run = tmp_path / "run"
+    run.mkdir()
+    for i in range(3):  # already there when the run starts
+        Image.fromarray(raw[i]).save(run / f"{i:03d}.png")
+
+    def detector():
+        for i in range(3, 8):
+            time.sleep(0.15)
+            Image.fromarray(raw[i]).save(run / f".{i:03d}.png.tmp", format="PNG")  # written, then renamed
+            os.replace(run / f".{i:03d}.png.tmp", run / f"{i:03d}.png")
+        (run / "broken.png").write_bytes(b"not a png")
+        np.save(run / "small.npy", np.zeros((2, 64, 64), np.uint8))  # not the model's size
+        np.save(run / "last.npy", dataset.to_8bit(raw[8]))
+
+    warned = []
+    writer = threading.Thread(target=detector)
+    writer.start()
+    out = tmp_path / "live.csv"
+    result = sort.follow(model, run, out, batch_size=4, poll_s=0.05, idle_timeout_s=2.0, progress=False,
+                         warn=warned.append)
+    writer.join()
+    rows = read_rows(out)
+    assert result["stopped"] == "idle" and result["frames"] == len(rows) == 9 and result["files"] == 9
+    names = [Path(r["file"]).name for r in rows]
+    assert names[:8] == [f"{i:03d}.png" for i in range(8)] and names[8] == "last.npy"  # in the order they came
+    assert [r["label"] for r in rows] == expected
+    assert sorted(Path(p).name for p in result["skipped"]) == ["broken.png", "small.npy"] and len(warned) == 2
+    assert "the model was trained on 128×128" in " ".join(warned)
+    with pytest.raises(ValueError, match="exists: refusing to overwrite"):
+        sort.follow(model, run, out, idle_timeout_s=0.1, progress=False)
+    with pytest.raises(ValueError, match="not a directory to follow"):
+        sort.follow(model, run / "000.png", tmp_path / "x.csv", progress=False)
+
+
+def test_follow_command_line(forest, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    out = tmp_path / "live.csv"
+    args = ["sort", "--model", str(forest), str(tmp_path / "run"), "--out", str(out), "--follow", "--no-progress"]
+    assert cli.main(args + ["--idle-timeout", "0.3", "--poll", "0.05"]) == 0
+    assert "followed" in capsys.readouterr().out and read_rows(out) == []  # the header only: nothing came
+    out.unlink()
+    assert cli.main(args + ["--workers", "2"]) == 2
+    assert "no --workers" in capsys.readouterr().err and not out.exists()
+    assert cli.main(args[:3] + [str(tmp_path / "run"), str(tmp_path / "run")] + args[4:]) == 2
+    assert "give one directory" in capsys.readouterr().err
+    assert cli.main(args[:-2] + ["--idle-timeout", "1"]) == 2  # without --follow
+    assert "--idle-timeout is for --follow" in capsys.readouterr().err
