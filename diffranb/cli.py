@@ -235,12 +235,14 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes of one thread each that read and classify "
                                                           "batches (default 1: this process, all its threads)")
     p.add_argument("--follow", action="store_true",
-                   help="INPUT is one directory: sort its images and .npy files as they appear (once a file's size "
-                        "holds for one poll), appending rows to --out, until --idle-timeout or Ctrl-C")
+                   help="INPUT is one directory: sort the images and .npy files under it (its subdirectories too) as "
+                        "they appear, appending rows to --out, until --idle-timeout or Ctrl-C")
     p.add_argument("--idle-timeout", type=float, metavar="S",
-                   help="with --follow: stop after S seconds without a new file (default: run until Ctrl-C)")
-    p.add_argument("--poll", type=float, default=0.5, metavar="S",
-                   help="with --follow: list the directory every S seconds (default 0.5)")
+                   help="with --follow: stop once nothing new has come and nothing was sorted for S seconds "
+                        "(default: run until Ctrl-C)")
+    p.add_argument("--poll", type=float, metavar="S",
+                   help="with --follow: list the directory every S seconds, and take a file once its size and "
+                        "time have held that long (default 0.5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (on standard error)")
     p.set_defaults(func=_sort)
 
@@ -254,7 +256,8 @@ def _follow(args) -> int:
         raise ValueError("--follow sorts in this process, the files of frames of one directory: no --workers, "
                          "--split or --dataset")
     model = evaluate.load_model(args.model)
-    result = sort.follow(model, args.inputs[0], args.out, batch_size=args.batch, poll_s=args.poll,
+    result = sort.follow(model, args.inputs[0], args.out, batch_size=args.batch,
+                         poll_s=0.5 if args.poll is None else args.poll,
                          idle_timeout_s=args.idle_timeout, progress=not args.no_progress,
                          warn=lambda message: print(f"diffranb sort: {message}", file=sys.stderr))
     n = result["frames"]
@@ -278,8 +281,8 @@ def _sort(args) -> int:
 
     if args.follow:
         return _follow(args)
-    if args.idle_timeout is not None:
-        raise ValueError("--idle-timeout is for --follow")
+    if args.idle_timeout is not None or args.poll is not None:
+        raise ValueError("--idle-timeout and --poll are for --follow")
     paths = sort.expand_inputs(args.inputs)
     sources = [sort.open_source(p, dataset=args.dataset, split=args.split) for p in paths]
     model = evaluate.load_model(args.model)

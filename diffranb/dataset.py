@@ -1418,7 +1418,10 @@ def read_frames(images, wanted) -> np.ndarray:
     -------
     (len(wanted), M, N) array of the dataset's dtype
     """
-    wanted = np.asarray(wanted, dtype=np.int64)
+    wanted = np.asarray(wanted)
+    if wanted.ndim != 1 or (wanted.size and wanted.dtype.kind not in "iu"):
+        raise ValueError(f"frames: a 1-D array of integer indices, not {wanted.dtype} of shape {wanted.shape}")
+    wanted = wanted.astype(np.int64)
     if len(wanted) and (wanted[0] < 0 or wanted[-1] >= len(images) or np.any(np.diff(wanted) < 0)):
         raise ValueError(f"frames {wanted.tolist()[:8]}…: must be increasing indices below {len(images)}")
     out = np.empty((len(wanted),) + images.shape[1:], dtype=images.dtype)

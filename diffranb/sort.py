@@ -245,15 +245,33 @@ def check_frame_size(model, shape, where: str = "frames") -> None:
                          f"{need[0]}×{need[1]}: sort them with a model trained on frames of their size")
 
 
+def _walk(directory, suffixes) -> list[str]:
+    """Files under ``directory`` (recursively) whose names end in one of ``suffixes``, as paths: hidden files
+    and directories (a writer's temporary names, an rsync staging directory) and symbolic links are left out."""
+    found, todo = [], [str(directory)]
+    while todo:
+        try:
+            entries = list(os.scandir(todo.pop()))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                todo.append(entry.path)
+            elif entry.name.lower().endswith(suffixes):
+                found.append(entry.path)
+    return found
+
+
 def expand_inputs(paths) -> list[Path]:
     """Files to sort, in order: each file as given, and the images and HDF5 files under each directory
-    (recursively, sorted by path; ``.npy`` files are taken only when named, as a directory may hold other
+    (:func:`_walk`, sorted by path; ``.npy`` files are taken only when named, as a directory may hold other
     arrays)."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*")
-                           if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES + HDF5_SUFFIXES)
+            found = sorted(Path(q) for q in _walk(p, IMAGE_SUFFIXES + HDF5_SUFFIXES))
             if not found:
                 raise ValueError(f"{str(p)!r}: no images or HDF5 files under this directory")
             out.extend(found)
@@ -363,6 +381,34 @@ def sort_frames(model, sources, *, batch_size: int = 32, progress: bool = True, 
             pool.shutdown(cancel_futures=True)
 
 
+class _Rows:
+    """CSV rows of sorted frames (``file``, ``frame``, ``label``, ``diffraction``, ``p_<class>``), written to an
+    open text file as they come, and the frames of each class."""
+
+    def __init__(self, handle, classes):
+        self.classes = list(classes)
+        self.keep = np.array([c not in NO_DIFFRACTION for c in self.classes])
+        self.counts = dict.fromkeys(self.classes, 0)
+        self.writer = csv.writer(handle)
+        self.writer.writerow(["file", "frame", "label", "diffraction"] + [f"p_{c}" for c in self.classes])
+
+    def add(self, source: Source, index, scores) -> None:
+        for i, k, p in zip(index, scores.argmax(axis=1), scores):
+            self.writer.writerow([str(source.path), int(i), self.classes[k], int(self.keep[k])]
+                                 + [f"{v:.6g}" for v in p])
+            self.counts[self.classes[k]] += 1
+
+    def summary(self) -> dict:
+        """``frames``, ``counts`` (frames per class) and ``kept`` (diffraction frames)."""
+        return {"frames": sum(self.counts.values()), "counts": dict(self.counts),
+                "kept": sum(n for c, n in self.counts.items() if c not in NO_DIFFRACTION)}
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists():
+        raise ValueError(f"{str(out)!r} exists: refusing to overwrite it; choose another name or remove it")
+
+
 def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = True, workers: int = 1,
               model_dir=None) -> dict:
     """Sort ``sources`` (:func:`sort_frames`, with ``batch_size``, ``workers`` and ``model_dir``) and write one
@@ -380,99 +426,115 @@ def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = Tru
         frames).
     """
     out = Path(out)
-    if out.exists():
-        raise ValueError(f"{str(out)!r} exists: refusing to overwrite it; choose another name or remove it")
+    _refuse_existing(out)
     try:
         fd, partial = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".partial")
     except OSError as exc:
         raise ValueError(f"{str(out)!r}: cannot write there ({exc})") from None
-    classes = list(model.classes)
-    keep = np.array([c not in NO_DIFFRACTION for c in classes])
-    counts = dict.fromkeys(classes, 0)
-    start, n, partial_kept = time.perf_counter(), 0, False
+    start, placed = time.perf_counter(), False
     try:
         with os.fdopen(fd, "w", newline="") as handle:
-            rows = csv.writer(handle)
-            rows.writerow(["file", "frame", "label", "diffraction"] + [f"p_{c}" for c in classes])
-            for source, index, scores in sort_frames(model, sources, batch_size=batch_size, progress=progress,
-                                                     workers=workers, model_dir=model_dir):
-                best = scores.argmax(axis=1)
-                for i, k, p in zip(index, best, scores):
-                    rows.writerow([str(source.path), int(i), classes[k], int(keep[k])] + [f"{v:.6g}" for v in p])
-                    counts[classes[k]] += 1
-                n += len(index)
+            rows = _Rows(handle, model.classes)
+            for piece in sort_frames(model, sources, batch_size=batch_size, progress=progress, workers=workers,
+                                     model_dir=model_dir):
+                rows.add(*piece)
         seconds = time.perf_counter() - start
         try:
             os.link(partial, out)  # fails if out exists by now: never replaces it
+            placed = True
         except FileExistsError:
-            partial_kept = True
-            raise ValueError(f"{str(out)!r} appeared while sorting: left as it is; the rows are in "
-                             f"{partial!r}") from None
+            pass
         except OSError:  # a file system without hard links
-            if out.exists():
-                partial_kept = True
-                raise ValueError(f"{str(out)!r} appeared while sorting: left as it is; the rows are in "
-                                 f"{partial!r}") from None
-            os.replace(partial, out)
+            if not out.exists():
+                os.replace(partial, out)
+                placed = True
+        if not placed:
+            partial_kept = partial
+            partial = None
+            raise ValueError(f"{str(out)!r} appeared while sorting: left as it is; the rows are in "
+                             f"{partial_kept!r}")
     finally:
-        if not partial_kept:
+        if partial is not None:
             Path(partial).unlink(missing_ok=True)
-    kept = sum(counts[c] for c in classes if c not in NO_DIFFRACTION)
-    return {"frames": n, "seconds": seconds, "frames_per_s": n / seconds if seconds > 0 else float("nan"),
-            "counts": counts, "kept": kept}
+    result = rows.summary()
+    return result | {"seconds": seconds, "frames_per_s": result["frames"] / seconds if seconds > 0 else float("nan")}
 
 
-#: What a followed directory is watched for: files of frames a detector writes one by one (HDF5 files grow while
-#: they are written, so they are sorted once complete, by naming them).
+#: What a followed directory is watched for: files of frames a detector writes one by one, images and raw
+#: ``.npy`` frames (every ``.npy`` file under the directory is taken as frames). HDF5 files grow while they are
+#: written: they are sorted once complete, by naming them.
 FOLLOW_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
 
 
-def _ready_files(directory: Path, sizes: dict, taken: set) -> list[Path]:
-    """Files under ``directory`` not yet taken whose size and modification time have not changed since the
-    last call (``sizes`` remembers them): a file still being written is left for a later call. Hidden files
-    (a writer's temporary names) are ignored. In order of modification time, then name."""
-    ready, now = [], {}
-    for p in directory.rglob("*"):
-        if p in taken or p.name.startswith(".") or p.suffix.lower() not in FOLLOW_SUFFIXES:
-            continue
-        try:
-            stat = p.stat()
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        if not p.is_file() or stat.st_size == 0:
-            continue
-        now[p] = (stat.st_size, stat.st_mtime_ns)
-        if sizes.get(p) == now[p]:
-            ready.append(p)
-    sizes.clear()
-    sizes.update(now)
-    return sorted(ready, key=lambda p: (now[p][1], str(p)))
+class _Watch:
+    """What a followed directory holds: files are *ready* once their size and modification time have held for
+    ``settle_s`` seconds; ``changed`` says whether anything new or changed was seen in the last listing."""
+
+    def __init__(self, directory, settle_s: float):
+        self.directory, self.settle_s = directory, settle_s
+        self.seen = {}  # path -> ((size, mtime), first seen with them)
+        self.taken = set()  # paths taken: each file once (a poll stats only the files not yet taken)
+        self.changed = False
+
+    def ready(self) -> list[str]:
+        now, ready, seen = time.monotonic(), [], {}
+        self.changed = False
+        for path in _walk(self.directory, FOLLOW_SUFFIXES):
+            if path in self.taken:
+                continue
+            try:
+                stat = os.stat(path)
+            except OSError:  # removed meanwhile
+                continue
+            key = (stat.st_size, stat.st_mtime_ns)
+            if stat.st_size == 0:
+                continue
+            before = self.seen.get(path)
+            seen[path] = before if before is not None and before[0] == key else (key, now)
+            if seen[path][1] == now:
+                self.changed = True
+            elif now - seen[path][1] >= self.settle_s:
+                ready.append(path)
+        self.seen = seen
+        ready.sort(key=lambda p: (seen[p][0][1], p))
+        for path in ready:
+            del seen[path]
+            self.taken.add(path)
+        return ready
+
+    def growing(self) -> list[str]:
+        """Files seen but not yet ready."""
+        return sorted(self.seen)
 
 
 def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, idle_timeout_s: float | None = None,
            progress: bool = True, warn=None) -> dict:
     """Sort the frames of files as they appear under ``directory``, as a beamline sorts a running experiment,
-    and append one CSV row per frame to ``out`` (the columns of :func:`write_csv`), flushed after every batch.
+    and append one CSV row per frame to ``out`` (the columns of :func:`write_csv`), flushed after every call of
+    the model.
 
-    Files already there are sorted first. A file is taken once its size has not changed for one poll (it is
-    complete), at most ``batch_size`` frames per call of the model, so that a frame waits no longer than it
-    must. A file that cannot be read or whose frames the model cannot take is reported through ``warn`` and
-    skipped; the run goes on. The run ends when no new file has come for ``idle_timeout_s`` seconds, or on
-    Ctrl-C; the rows written so far stay.
+    The directory is listed every ``poll_s`` seconds, recursively (:func:`_walk`: hidden files and directories
+    and symbolic links are left out). Files already there are sorted first. A file is taken once its size and
+    modification time have held for ``poll_s`` seconds (on a network file system, whose cached attributes may
+    lag, give a longer ``poll_s``), and only once: a file rewritten afterwards is not sorted again. Frames go to
+    the model at most ``batch_size`` at a time, across files. A file that cannot be read, or whose frames the
+    model cannot take, is reported through ``warn`` and skipped; the run goes on.
+
+    The run ends on Ctrl-C, or once nothing new or changed has been seen and nothing sorted for
+    ``idle_timeout_s`` seconds; files still changing then are reported. The rows written so far stay.
 
     Parameters
     ----------
     model
         A loaded model (:func:`diffranb.evaluate.load_model`).
     directory : str or os.PathLike
-        Watched recursively for :data:`FOLLOW_SUFFIXES`.
+        Watched for :data:`FOLLOW_SUFFIXES`.
     out : str or os.PathLike
         The CSV; it must not exist (it is never overwritten).
     batch_size : int
     poll_s : float, seconds
-        How often the directory is listed.
     idle_timeout_s : float, seconds, optional
-        Stop after this long without a new file (default: run until Ctrl-C).
+        Default: run until Ctrl-C.
     warn : callable, optional
         Called with a message for each file skipped (default: :func:`warnings.warn`).
 
@@ -482,6 +544,7 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         ``frames``, ``files``, ``skipped`` (file → reason), ``seconds``, ``counts`` (frames per class),
         ``kept`` (diffraction frames) and ``stopped`` ("idle" or "interrupted").
     """
+    import math
     import warnings
 
     from tqdm.auto import tqdm
@@ -491,70 +554,73 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         raise ValueError(f"{str(directory)!r}: not a directory to follow")
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size}: must be at least 1")
-    if not (poll_s > 0) or (idle_timeout_s is not None and not idle_timeout_s > 0):
-        raise ValueError(f"poll_s = {poll_s}, idle_timeout_s = {idle_timeout_s}: must be > 0 seconds")
-    warn = warn or (lambda message: warnings.warn(message, stacklevel=2))
-    classes = list(model.classes)
-    keep = np.array([c not in NO_DIFFRACTION for c in classes])
-    counts, skipped, files = dict.fromkeys(classes, 0), {}, 0
-    sizes, taken = {}, set()
-    start = last_new = time.monotonic()
-    stopped = "idle"
+    for name, value in (("poll_s", poll_s), ("idle_timeout_s", idle_timeout_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} = {value}: must be a finite number of seconds > 0")
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+    _refuse_existing(out)
     try:
         handle = open(out, "x", newline="")
-    except FileExistsError:
-        raise ValueError(f"{str(out)!r} exists: refusing to overwrite it; choose another name or remove it") from None
     except OSError as exc:
         raise ValueError(f"{str(out)!r}: cannot write there ({exc})") from None
+    if any(True for _ in _walk(directory, HDF5_SUFFIXES)):
+        warn(f"HDF5 files under {str(directory)!r} are not followed (they grow while written): sort them by name "
+             "once complete")
+    watch, skipped, files = _Watch(directory, poll_s), {}, set()
+    start = last_active = time.monotonic()
+    stopped = "idle"
+
+    def skip(path, reason):
+        skipped[str(path)] = reason
+        warn(f"skipped: {reason}")
+
     with handle, tqdm(unit="frame", desc="following", disable=not progress) as bar:
-        rows = csv.writer(handle)
-        rows.writerow(["file", "frame", "label", "diffraction"] + [f"p_{c}" for c in classes])
+        rows = _Rows(handle, model.classes)
         handle.flush()
         try:
             while True:
-                ready = _ready_files(directory, sizes, taken)
                 sources = []
-                for p in ready:
-                    taken.add(p)
+                for path in watch.ready():
                     try:
-                        source = open_source(p)
-                        check_frame_size(model, source.shape, repr(str(p)))
-                    except ValueError as exc:
-                        skipped[str(p)] = str(exc)
-                        warn(f"skipped: {exc}")
+                        source = open_source(path)
+                        check_frame_size(model, source.shape, repr(path))
+                    except (ValueError, OSError) as exc:
+                        skip(path, str(exc))
+                        continue
+                    if source.n_frames == 0:
+                        skip(path, f"{path!r}: no frames")
                         continue
                     sources.append(source)
-                if ready:
-                    last_new = time.monotonic()
-                for k in range(0, len(sources), batch_size):
-                    group = sources[k:k + batch_size]
-                    try:
-                        results = list(sort_frames(model, group, batch_size=batch_size, progress=False))
-                    except ValueError:  # a file that opened but could not be read: sort the others one by one
-                        results = []
-                        for source in group:
-                            try:
-                                results += list(sort_frames(model, [source], batch_size=batch_size,
-                                                            progress=False))
-                            except ValueError as one:
-                                skipped[str(source.path)] = str(one)
-                                warn(f"skipped: {one}")
-                    for source, index, scores in results:
-                        best = scores.argmax(axis=1)
-                        for i, c, p in zip(index, best, scores):
-                            rows.writerow([str(source.path), int(i), classes[c], int(keep[c])]
-                                          + [f"{v:.6g}" for v in p])
-                            counts[classes[c]] += 1
-                        bar.update(len(index))
-                    files += len({str(s.path) for s, _, _ in results})
+                bad = set()
+                for task in _tasks(sources, batch_size):
+                    frames, pieces = [], []
+                    for k, a, b in task:
+                        if k in bad:
+                            continue
+                        try:
+                            frames.append(_read(sources[k], a, b))
+                            pieces.append((k, a, b))
+                        except (ValueError, OSError) as exc:
+                            bad.add(k)
+                            skip(sources[k].path, str(exc) + (f" (frames before {a} were sorted)" if a else ""))
+                    if not frames:
+                        continue
+                    scores = np.asarray(model.scores(np.concatenate(frames)))
+                    at = 0
+                    for k, a, b in pieces:
+                        rows.add(sources[k], sources[k].frame_numbers(a, b), scores[at:at + b - a])
+                        files.add(str(sources[k].path))
+                        at += b - a
                     handle.flush()
-                if idle_timeout_s is not None and time.monotonic() - last_new >= idle_timeout_s:
+                    bar.update(at)
+                if sources or watch.changed:
+                    last_active = time.monotonic()
+                elif idle_timeout_s is not None and time.monotonic() - last_active >= idle_timeout_s:
                     break
-                if not ready:
-                    time.sleep(poll_s)
+                time.sleep(poll_s)
         except KeyboardInterrupt:
             stopped = "interrupted"
-    n = sum(counts.values())
-    return {"frames": n, "files": files, "skipped": skipped, "seconds": time.monotonic() - start,
-            "counts": counts, "kept": sum(counts[c] for c in classes if c not in NO_DIFFRACTION),
-            "stopped": stopped}
+    for path in watch.growing():
+        warn(f"not sorted: {path!r} was still changing when the run stopped")
+    return rows.summary() | {"files": len(files), "skipped": skipped, "seconds": time.monotonic() - start,
+                             "stopped": stopped}

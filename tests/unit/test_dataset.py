@@ -294,6 +294,9 @@ def test_frames_are_read_in_runs_as_h5py_reads_them_one_by_one(tiny, capsys):
         for bad in ([3, 2], [-1, 0], [23, 24]):
             with pytest.raises(ValueError, match="must be increasing indices below 24"):
                 dataset.read_frames(ds.images, bad)
+        for bad in ([0.9, 2.7], [False, True, True], [[0, 1]]):  # h5py refuses floats; a mask is not indices
+            with pytest.raises(ValueError, match="a 1-D array of integer indices"):
+                dataset.read_frames(ds.images, bad)
         # a shuffled batch comes back in the order asked for
         images, labels, idx = next(ds.batches([9, 2, 3, 9], batch_size=4, eight_bit=False))
         assert np.array_equal(images, np.stack([ds.images[i] for i in (9, 2, 3, 9)])) and list(idx) == [9, 2, 3, 9]

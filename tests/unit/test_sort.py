@@ -286,9 +286,70 @@ def test_follow_command_line(forest, tmp_path, capsys):
     assert cli.main(args + ["--idle-timeout", "0.3", "--poll", "0.05"]) == 0
     assert "followed" in capsys.readouterr().out and read_rows(out) == []  # the header only: nothing came
     out.unlink()
-    assert cli.main(args + ["--workers", "2"]) == 2
+    assert cli.main(args + ["--workers", "2", "--idle-timeout", "0.3"]) == 2
     assert "no --workers" in capsys.readouterr().err and not out.exists()
     assert cli.main(args[:3] + [str(tmp_path / "run"), str(tmp_path / "run")] + args[4:]) == 2
     assert "give one directory" in capsys.readouterr().err
-    assert cli.main(args[:-2] + ["--idle-timeout", "1"]) == 2  # without --follow
-    assert "--idle-timeout is for --follow" in capsys.readouterr().err
+    for option in ("--idle-timeout", "--poll"):
+        assert cli.main(args[:-2] + [option, "1"]) == 2  # without --follow
+        assert "--idle-timeout and --poll are for --follow" in capsys.readouterr().err
+    assert cli.main(args + ["--poll", "inf", "--idle-timeout", "1"]) == 2
+    assert "poll_s = inf: must be a finite number" in capsys.readouterr().err
+
+
+def test_follow_waits_for_a_file_to_be_whole_and_leaves_hidden_ones(tmp_path):
+    import threading
+
+    run = tmp_path / "run"
+    (run / ".staging").mkdir(parents=True)
+    (run / "sub").mkdir()
+    np.save(run / ".staging" / "copy.npy", np.zeros((1, 16, 16), np.uint8))  # a writer's staging directory
+    np.save(run / ".hidden.npy", np.zeros((1, 16, 16), np.uint8))
+    header = tmp_path / "header.npy"
+    np.save(header, np.zeros((3, 16, 16), np.uint8))
+    data = header.read_bytes()
+
+    def slow_writer():  # one file written in two pieces, the second well within one poll of the first
+        with open(run / "sub" / "slow.npy", "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(0.05)
+            f.write(data[len(data) // 2:])
+
+    writer = threading.Thread(target=slow_writer)
+    writer.start()
+    model = Fixed(dataset.CLASSES, "strong")
+    warned = []
+    result = sort.follow(model, run, tmp_path / "out.csv", poll_s=0.4, idle_timeout_s=0.8, progress=False,
+                         warn=warned.append)
+    writer.join()
+    rows = read_rows(tmp_path / "out.csv")
+    assert [Path(r["file"]).name for r in rows] == ["slow.npy"] * 3, (rows, warned)
+    assert result["skipped"] == {} and warned == []
+
+
+def test_follow_sorts_what_comes_during_a_long_sort_and_survives_a_file_that_vanishes(tmp_path, monkeypatch):
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    np.save(run / "a.npy", np.zeros((1, 16, 16), np.uint8))
+    np.save(run / "gone.npy", np.zeros((1, 16, 16), np.uint8))
+    real = sort.open_source
+
+    def open_or_vanish(path, **kw):
+        if Path(path).name == "gone.npy":
+            raise FileNotFoundError(f"{str(path)!r}: no such file")
+        return real(path, **kw)
+
+    monkeypatch.setattr(sort, "open_source", open_or_vanish)
+    later = threading.Timer(0.4, lambda: np.save(run / "b.npy", np.zeros((1, 16, 16), np.uint8)))
+    model = Fixed(dataset.CLASSES, "weak", on_call=lambda: time.sleep(1.2))  # a sort longer than the timeout
+    later.start()
+    warned = []
+    result = sort.follow(model, run, tmp_path / "out.csv", poll_s=0.1, idle_timeout_s=0.6, progress=False,
+                         warn=warned.append)
+    later.join()
+    rows = read_rows(tmp_path / "out.csv")
+    assert sorted(Path(r["file"]).name for r in rows) == ["a.npy", "b.npy"]
+    assert [Path(p).name for p in result["skipped"]] == ["gone.npy"] and len(warned) == 1
