@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from dataclasses import replace
 
 import numba
@@ -539,15 +540,107 @@ def read(repeats: int = 40, workers: int = 2, data=None, batch: int = SORT_BATCH
     return out
 
 
+def _follow_child(model_dir, shape, directory, out, ready, poll_s, idle_s):
+    from . import sort
+    from .evaluate import load_model
+
+    model = load_model(model_dir)
+    model.scores(np.zeros((1,) + tuple(shape), np.uint8))  # compiled and warm before the first frame
+    ready.set()
+    sort.follow(model, directory, out, poll_s=poll_s, idle_timeout_s=idle_s, progress=False, warn=print)
+
+
+#: Distinct frames bench follow writes, cycled (256 raw 512² frames are 128 MiB).
+FOLLOW_FRAMES = 256
+
+
+def follow(workers: int = 2, model=None, data=None, rate_hz: float | None = None, seconds: float = 30.0,
+           poll_s: float = 0.1) -> dict:
+    """A detector writing raw 16-bit frames (one ``.npy`` file each, written under a hidden name, then renamed)
+    into a directory at ``rate_hz`` (default :data:`diffranb.evaluate.DETECTOR_RATE_HZ`) for ``seconds``,
+    while ``diffranb sort --follow`` (:func:`diffranb.sort.follow`) sorts them in another process with its own
+    threads, ``model`` loaded and warm before the first frame is written. The frames are the first
+    :data:`FOLLOW_FRAMES` of the test split of ``data`` (default: 120 frames of 512² built here), cycled.
+    ``workers`` is not used: the follower is one process.
+
+    Returns
+    -------
+    dict
+        ``written_hz`` (the rate reached), ``frames``, ``lag_s`` (from the last frame written to its row in the
+        CSV), ``sorted_frames_per_s`` (frames over the time from the first frame written to the last row) and
+        ``keeps_up`` (1.0 when every row was there within 1 s plus two polls of the last frame written).
+    """
+    import shutil
+
+    from .dataset import open_dataset, read_frames
+
+    from .evaluate import DETECTOR_RATE_HZ
+
+    if model is None:
+        raise ValueError("bench follow: --model (a saved model directory) is required")
+    rate_hz = DETECTOR_RATE_HZ if rate_hz is None else rate_hz
+    for name, value in (("--rate", rate_hz), ("--seconds", seconds)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"bench follow: {name} = {value}: must be a finite number > 0")
+    with tempfile.TemporaryDirectory(prefix="diffranb-bench-") as tmp:
+        path = data if data is not None else _bench_frames(tmp, 1)[0]
+        with open_dataset(path) as ds:
+            test = ds.indices("test")
+            frames = read_frames(ds.images, (test if len(test) else np.arange(len(ds)))[:FOLLOW_FRAMES])
+        n = int(round(rate_hz * seconds))
+        run, out = Path(tmp) / "run", Path(tmp) / "sorted.csv"
+        run.mkdir()
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        child = ctx.Process(target=_follow_child, args=(str(model), frames.shape[1:], str(run), str(out), ready,
+                                                        poll_s, max(5.0, 20 * poll_s)))
+        child.start()
+        try:
+            if not ready.wait(300):
+                raise RuntimeError("bench follow: the model did not load within 300 s")
+            t0 = time.monotonic()
+            for k in range(n):
+                wait = t0 + k / rate_hz - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                np.save(run / f".{k:07d}.npy", frames[k % len(frames)])
+                os.replace(run / f".{k:07d}.npy", run / f"{k:07d}.npy")
+            written = time.monotonic()
+            rows = 0
+            while rows < n and child.is_alive():
+                with open(out) as handle:
+                    rows = sum(1 for _ in handle) - 1
+                if rows < n:
+                    time.sleep(0.02)
+            done = time.monotonic()
+        finally:
+            child.join(timeout=max(10.0, 25 * poll_s))
+            if child.is_alive():
+                child.terminate()
+            shutil.rmtree(run, ignore_errors=True)
+    if rows < n:
+        raise RuntimeError(f"bench follow: {rows} of {n} frames sorted before the follower stopped")
+    lag = done - written
+    return {"model": str(model), "rate_hz": rate_hz, "written_hz": n / (written - t0), "frames": n,
+            "poll_s": poll_s, "lag_s": lag, "sorted_frames_per_s": n / (done - t0),
+            "keeps_up": float(lag <= 1.0 + 2 * poll_s)}
+
+
 #: The benches that time a model sorting frames, and take ``model`` and ``batch``.
 SORTING_BENCHES = ("classic", "deepfreak", "stacked")
 
 
 def run(what: str, *, repeats: int | None = None, workers: int = 2, model=None, data=None,
-        batch: int | None = None) -> dict:
+        batch: int | None = None, follow_options: dict | None = None) -> dict:
     """Run benchmark ``what`` and print its figures, one per line. ``repeats`` and ``batch`` default to each
     bench's own (:data:`SORT_FRAMES` and :data:`SORT_BATCH` for the sorting benches, 40 frames for the
     others)."""
+    if what == "follow":
+        if repeats is not None or batch is not None:
+            raise ValueError("bench follow: --rate and --seconds, not --repeats or --batch")
+        result = follow(workers=workers, model=model, data=data, **(follow_options or {}))
+        _print_figures(result)
+        return result
     kw = {} if repeats is None else {"repeats": repeats}
     if what in SORTING_BENCHES:
         kw["model"] = model
@@ -559,12 +652,16 @@ def run(what: str, *, repeats: int | None = None, workers: int = 2, model=None, 
     if what in ("deepfreak", "read"):
         kw["data"] = data
     elif data is not None:
-        raise ValueError(f"bench {what}: --data is for bench deepfreak and read only")
+        raise ValueError(f"bench {what}: --data is for bench deepfreak, read and follow only")
     for name in ("repeats", "batch"):
         if name in kw and kw[name] < 1:
             raise ValueError(f"bench {what}: --{name} = {kw[name]}: must be at least 1")
     result = {"sim": sim, "dataset": dataset, "classic": classic, "deepfreak": deepfreak,
               "stacked": stacked, "malloc": malloc, "read": read}[what](workers=workers, **kw)
+    _print_figures(result)
+    return result
+
+
+def _print_figures(result: dict) -> None:
     for key, value in result.items():
         print(f"{key:45s} {value:10.3f}" if isinstance(value, float) else f"{key:45s} {value:>10}")
-    return result

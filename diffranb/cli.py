@@ -35,8 +35,11 @@ def _simulate(args) -> int:
 def _bench(args) -> int:
     from . import bench
 
+    options = {k: v for k, v in (("rate_hz", args.rate), ("seconds", args.seconds)) if v is not None}
+    if options and args.what != "follow":
+        raise ValueError(f"bench {args.what}: --rate and --seconds are for bench follow only")
     result = bench.run(args.what, repeats=args.repeats, workers=args.workers, model=args.model, data=args.data,
-                       batch=args.batch)
+                       batch=args.batch, follow_options=options)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -56,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     p = sub.add_parser("bench", help="print speed figures")
-    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked", "malloc", "read"],
+    p.add_argument("what", choices=["sim", "dataset", "classic", "deepfreak", "stacked", "malloc", "read", "follow"],
                    help="what to benchmark")
     p.add_argument("--repeats", type=int, help="images per measurement (default 128 for classic, deepfreak and "
                                                "stacked, else 40); bench read: batches read")
@@ -67,10 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the figures as JSON")
     p.add_argument("--model", help="a saved model directory to time (bench classic: default fit the best pipeline; "
                                    "bench deepfreak: default the paper's topology with random weights, unbinned; "
-                                   "bench stacked: required)")
+                                   "bench stacked and follow: required)")
     p.add_argument("--data", help="bench deepfreak: also time training on this set's frames, read from the file "
                                   "every epoch and kept in memory (deepfreak.BinnedFrames); bench read: the set to "
-                                  "read (default: 120 frames of 512² built here)")
+                                  "read (default: 120 frames of 512² built here); bench follow: the set whose test "
+                                  "frames the detector writes")
+    p.add_argument("--rate", type=float, help="bench follow: frames per second the simulated detector writes "
+                                              "(default 130)")
+    p.add_argument("--seconds", type=float, help="bench follow: how long it writes (default 30)")
     p.set_defaults(func=_bench)
     _add_dataset_commands(sub)
     _add_classic_commands(sub)

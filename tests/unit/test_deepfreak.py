@@ -452,7 +452,7 @@ def test_the_frame_benchmark_times_the_file_and_the_store_in_one_run(tiny_set, c
     with dataset.open_dataset(tiny_set) as ds, pytest.raises(ValueError, match="two batches"):
         dfk.benchmark_frames(ds, batch=8, n_frames=10)
     assert cli.main(["bench", "sim", "--data", str(tiny_set)]) == 2
-    assert "--data is for bench deepfreak and read only" in capsys.readouterr().err
+    assert "--data is for bench deepfreak, read and follow only" in capsys.readouterr().err
 
 
 def test_flip_mirrors_whole_frames_left_right_and_leaves_the_rest():

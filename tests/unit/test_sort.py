@@ -353,3 +353,20 @@ def test_follow_sorts_what_comes_during_a_long_sort_and_survives_a_file_that_van
     rows = read_rows(tmp_path / "out.csv")
     assert sorted(Path(r["file"]).name for r in rows) == ["a.npy", "b.npy"]
     assert [Path(p).name for p in result["skipped"]] == ["gone.npy"] and len(warned) == 1
+
+
+def test_bench_follow_times_a_follower_against_a_detector_writing_at_a_rate(forest, classic_tiny_set, capsys):
+    from diffranb import bench
+
+    figures = bench.run("follow", model=str(forest), data=str(classic_tiny_set),
+                        follow_options={"rate_hz": 40.0, "seconds": 1.0})
+    assert figures["frames"] == 40 and figures["written_hz"] == pytest.approx(40.0, rel=0.2)
+    assert figures["lag_s"] >= 0 and figures["keeps_up"] in (0.0, 1.0) and "lag_s" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="not --repeats or --batch"):
+        bench.run("follow", model=str(forest), repeats=3)
+    with pytest.raises(ValueError, match="--model .* is required"):
+        bench.run("follow")
+    with pytest.raises(ValueError, match="--seconds = 0.0: must be"):
+        bench.run("follow", model=str(forest), data=str(classic_tiny_set), follow_options={"seconds": 0.0})
+    assert cli.main(["bench", "read", "--rate", "10"]) == 2
+    assert "--rate and --seconds are for bench follow only" in capsys.readouterr().err
