@@ -540,28 +540,29 @@ def read(repeats: int = 40, workers: int = 2, data=None, batch: int = SORT_BATCH
     return out
 
 
-def _follow_child(model_dir, shape, directory, out, ready, poll_s, idle_s):
+def _follow_child(model_dir, shape, directory, out, ready, poll_s, idle_s, workers):
     from . import sort
     from .evaluate import load_model
 
     model = load_model(model_dir)
     model.scores(np.zeros((1,) + tuple(shape), np.uint8))  # compiled and warm before the first frame
-    ready.set()
-    sort.follow(model, directory, out, poll_s=poll_s, idle_timeout_s=idle_s, progress=False, warn=print)
+    sort.follow(model, directory, out, poll_s=poll_s, idle_timeout_s=idle_s, progress=False, warn=print,
+                workers=workers, model_dir=model_dir, on_ready=ready.set)
 
 
 #: Distinct frames bench follow writes, cycled (256 raw 512² frames are 128 MiB).
 FOLLOW_FRAMES = 256
 
 
-def follow(workers: int = 2, model=None, data=None, rate_hz: float | None = None, seconds: float = 30.0,
+def follow(workers: int = 1, model=None, data=None, rate_hz: float | None = None, seconds: float = 30.0,
            poll_s: float = 0.1) -> dict:
     """A detector writing raw 16-bit frames (one ``.npy`` file each, written under a hidden name, then renamed)
     into a directory at ``rate_hz`` (default :data:`diffranb.evaluate.DETECTOR_RATE_HZ`) for ``seconds``,
-    while ``diffranb sort --follow`` (:func:`diffranb.sort.follow`) sorts them in another process with its own
-    threads, ``model`` loaded and warm before the first frame is written. The frames are the first
-    :data:`FOLLOW_FRAMES` of the test split of ``data`` (default: 120 frames of 512² built here), cycled.
-    ``workers`` is not used: the follower is one process.
+    while ``diffranb sort --follow --workers`` (:func:`diffranb.sort.follow`) sorts them in another process,
+    ``model`` loaded and warm before the first frame is written. With ``workers`` 1 that process sorts with
+    its own threads; with more, it hands the calls to that many processes of one thread, which have loaded
+    the model before the first frame is written. The frames are the first :data:`FOLLOW_FRAMES` of the test split of
+    ``data`` (default: 120 frames of 512² built here), cycled.
 
     Returns
     -------
@@ -593,7 +594,7 @@ def follow(workers: int = 2, model=None, data=None, rate_hz: float | None = None
         ctx = mp.get_context("spawn")
         ready = ctx.Event()
         child = ctx.Process(target=_follow_child, args=(str(model), frames.shape[1:], str(run), str(out), ready,
-                                                        poll_s, max(5.0, 20 * poll_s)))
+                                                        poll_s, max(5.0, 20 * poll_s), workers))
         child.start()
         try:
             if not ready.wait(300):
@@ -621,7 +622,7 @@ def follow(workers: int = 2, model=None, data=None, rate_hz: float | None = None
     if rows < n:
         raise RuntimeError(f"bench follow: {rows} of {n} frames sorted before the follower stopped")
     lag = done - written
-    return {"model": str(model), "rate_hz": rate_hz, "written_hz": n / (written - t0), "frames": n,
+    return {"model": str(model), "workers": workers, "rate_hz": rate_hz, "written_hz": n / (written - t0), "frames": n,
             "poll_s": poll_s, "lag_s": lag, "sorted_frames_per_s": n / (done - t0),
             "keeps_up": float(lag <= 1.0 + 2 * poll_s)}
 

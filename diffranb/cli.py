@@ -259,14 +259,14 @@ def _follow(args) -> int:
 
     if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
         raise ValueError("--follow: give one directory to follow")
-    if args.workers != 1 or args.split or args.dataset:
-        raise ValueError("--follow sorts in this process, the files of frames of one directory: no --workers, "
-                         "--split or --dataset")
+    if args.split or args.dataset:
+        raise ValueError("--follow sorts the image and .npy files of one directory: no --split or --dataset")
     model = evaluate.load_model(args.model)
     result = sort.follow(model, args.inputs[0], args.out, batch_size=args.batch,
                          poll_s=0.5 if args.poll is None else args.poll,
                          idle_timeout_s=args.idle_timeout, progress=not args.no_progress,
-                         warn=lambda message: print(f"diffranb sort: {message}", file=sys.stderr))
+                         warn=lambda message: print(f"diffranb sort: {message}", file=sys.stderr),
+                         workers=args.workers, model_dir=args.model)
     n = result["frames"]
     why = "no new file for the idle timeout" if result["stopped"] == "idle" else "interrupted"
     print(f"followed {args.inputs[0]} for {result['seconds']:.1f} s ({why}): sorted {n} frames of "

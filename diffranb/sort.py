@@ -507,8 +507,47 @@ class _Watch:
         return sorted(self.seen)
 
 
+def _follow_batch(model, job) -> tuple[list, np.ndarray | None, list]:
+    """Read and score one call's pieces ``(source, a, b)``, leaving out the pieces that cannot be read: (pieces
+    read, their scores or None, [(source, a, reason)] of the others)."""
+    frames, read, failed = [], [], []
+    for source, a, b in job:
+        try:
+            frames.append(_read(source, a, b))
+            read.append((source, a, b))
+        except (ValueError, OSError) as exc:
+            failed.append((source, a, str(exc)))
+    return read, (np.asarray(model.scores(np.concatenate(frames))) if frames else None), failed
+
+
+def _init_follow_worker(model_dir):
+    from .evaluate import load_model
+    from .threads import set_threads
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the pool on Ctrl-C
+    _WORKER.update(model=load_model(model_dir))
+    set_threads(1, 1, 1)
+
+
+def _follow_worker(job):
+    return _follow_batch(_WORKER["model"], job)
+
+
+class _Now:
+    """A result already computed, with the interface of a finished future."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
 def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, idle_timeout_s: float | None = None,
-           progress: bool = True, warn=None) -> dict:
+           progress: bool = True, warn=None, workers: int = 1, model_dir=None, on_ready=None) -> dict:
     """Sort the frames of files as they appear under ``directory``, as a beamline sorts a running experiment,
     and append one CSV row per frame to ``out`` (the columns of :func:`write_csv`), flushed after every call of
     the model.
@@ -537,6 +576,13 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         Default: run until Ctrl-C.
     warn : callable, optional
         Called with a message for each file skipped (default: :func:`warnings.warn`).
+    workers : int
+        Processes of one thread each that read and score the calls, in turn (1: this process, with its
+        threads). Rows are written in the order the files were taken either way.
+    model_dir : str or os.PathLike
+        With ``workers`` > 1: the directory ``model`` was loaded from, which each process loads.
+    on_ready : callable, optional
+        Called without arguments once the processes have loaded the model and the CSV's header is written.
 
     Returns
     -------
@@ -544,8 +590,12 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         ``frames``, ``files``, ``skipped`` (file → reason), ``seconds``, ``counts`` (frames per class),
         ``kept`` (diffraction frames) and ``stopped`` ("idle" or "interrupted").
     """
+    import collections
     import math
+    import multiprocessing as mp
     import warnings
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import wait as futures_wait
 
     from tqdm.auto import tqdm
 
@@ -554,6 +604,9 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         raise ValueError(f"{str(directory)!r}: not a directory to follow")
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size}: must be at least 1")
+    if workers < 1 or (workers > 1 and model_dir is None):
+        raise ValueError(f"workers = {workers}: must be at least 1, and above 1 with model_dir, the saved model "
+                         "each process loads")
     for name, value in (("poll_s", poll_s), ("idle_timeout_s", idle_timeout_s)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} = {value}: must be a finite number of seconds > 0")
@@ -571,13 +624,34 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
     stopped = "idle"
 
     def skip(path, reason):
-        skipped[str(path)] = reason
-        warn(f"skipped: {reason}")
+        if str(path) not in skipped:
+            skipped[str(path)] = reason
+            warn(f"skipped: {reason}")
 
+    def write(result) -> int:
+        read, scores, failed = result
+        for source, a, reason in failed:
+            skip(source.path, reason + (f" (frames before {a} were sorted)" if a else ""))
+        at = 0
+        for source, a, b in read:
+            rows.add(source, source.frame_numbers(a, b), scores[at:at + b - a])
+            files.add(str(source.path))
+            at += b - a
+        handle.flush()
+        return at
+
+    pool = None if workers == 1 else ProcessPoolExecutor(
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_follow_worker, initargs=(str(model_dir),))
+    pending = collections.deque()
     with handle, tqdm(unit="frame", desc="following", disable=not progress) as bar:
         rows = _Rows(handle, model.classes)
         handle.flush()
         try:
+            if pool is not None:  # every process up, its model loaded, before the first file is taken
+                for future in [pool.submit(_follow_worker, []) for _ in range(workers)]:
+                    future.result()
+            if on_ready is not None:
+                on_ready()
             while True:
                 sources = []
                 for path in watch.ready():
@@ -591,35 +665,26 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
                         skip(path, f"{path!r}: no frames")
                         continue
                     sources.append(source)
-                bad = set()
                 for task in _tasks(sources, batch_size):
-                    frames, pieces = [], []
-                    for k, a, b in task:
-                        if k in bad:
-                            continue
-                        try:
-                            frames.append(_read(sources[k], a, b))
-                            pieces.append((k, a, b))
-                        except (ValueError, OSError) as exc:
-                            bad.add(k)
-                            skip(sources[k].path, str(exc) + (f" (frames before {a} were sorted)" if a else ""))
-                    if not frames:
-                        continue
-                    scores = np.asarray(model.scores(np.concatenate(frames)))
-                    at = 0
-                    for k, a, b in pieces:
-                        rows.add(sources[k], sources[k].frame_numbers(a, b), scores[at:at + b - a])
-                        files.add(str(sources[k].path))
-                        at += b - a
-                    handle.flush()
-                    bar.update(at)
-                if sources or watch.changed:
+                    job = [(sources[k], a, b) for k, a, b in task]
+                    pending.append(pool.submit(_follow_worker, job) if pool else _Now(_follow_batch(model, job)))
+                    while pending and pending[0].done():  # in the order taken
+                        bar.update(write(pending.popleft().result()))
+                while pending and pending[0].done():
+                    bar.update(write(pending.popleft().result()))
+                if sources or watch.changed or pending:
                     last_active = time.monotonic()
                 elif idle_timeout_s is not None and time.monotonic() - last_active >= idle_timeout_s:
                     break
-                time.sleep(poll_s)
+                if pending:  # the processes are sorting: back as soon as the oldest call is done
+                    futures_wait([pending[0]], timeout=poll_s)
+                else:
+                    time.sleep(poll_s)
         except KeyboardInterrupt:
             stopped = "interrupted"
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=stopped != "interrupted", cancel_futures=stopped == "interrupted")
     for path in watch.growing():
         warn(f"not sorted: {path!r} was still changing when the run stopped")
     return rows.summary() | {"files": len(files), "skipped": skipped, "seconds": time.monotonic() - start,

@@ -240,7 +240,8 @@ def test_two_processes_write_the_same_rows_in_the_same_order(forest, classic_tin
         next(sort.sort_frames(model, sources, workers=2))
 
 
-def test_follow_sorts_files_as_they_appear_and_skips_what_it_cannot_read(forest, raw, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_follow_sorts_files_as_they_appear_and_skips_what_it_cannot_read(forest, raw, tmp_path, workers):
     import threading
 
     model = evaluate.load_model(forest)
@@ -264,7 +265,7 @@ def test_follow_sorts_files_as_they_appear_and_skips_what_it_cannot_read(forest,
     writer.start()
     out = tmp_path / "live.csv"
     result = sort.follow(model, run, out, batch_size=4, poll_s=0.05, idle_timeout_s=2.0, progress=False,
-                         warn=warned.append)
+                         warn=warned.append, workers=workers, model_dir=forest)
     writer.join()
     rows = read_rows(out)
     assert result["stopped"] == "idle" and result["frames"] == len(rows) == 9 and result["files"] == 9
@@ -286,8 +287,8 @@ def test_follow_command_line(forest, tmp_path, capsys):
     assert cli.main(args + ["--idle-timeout", "0.3", "--poll", "0.05"]) == 0
     assert "followed" in capsys.readouterr().out and read_rows(out) == []  # the header only: nothing came
     out.unlink()
-    assert cli.main(args + ["--workers", "2", "--idle-timeout", "0.3"]) == 2
-    assert "no --workers" in capsys.readouterr().err and not out.exists()
+    assert cli.main(args + ["--split", "test", "--idle-timeout", "0.3"]) == 2
+    assert "no --split or --dataset" in capsys.readouterr().err and not out.exists()
     assert cli.main(args[:3] + [str(tmp_path / "run"), str(tmp_path / "run")] + args[4:]) == 2
     assert "give one directory" in capsys.readouterr().err
     for option in ("--idle-timeout", "--poll"):
