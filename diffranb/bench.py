@@ -11,8 +11,8 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numba
 import numpy as np

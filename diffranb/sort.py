@@ -305,7 +305,8 @@ def _scores(model, sources, task) -> np.ndarray:
 _WORKER = {}
 
 
-def _init_worker(model_dir, sources):
+def _init_worker(model_dir, sources=None):
+    """A sorting process: Ctrl-C left to the main process, the model loaded, one thread."""
     from .evaluate import load_model
     from .threads import set_threads
 
@@ -520,15 +521,6 @@ def _follow_batch(model, job) -> tuple[list, np.ndarray | None, list]:
     return read, (np.asarray(model.scores(np.concatenate(frames))) if frames else None), failed
 
 
-def _init_follow_worker(model_dir):
-    from .evaluate import load_model
-    from .threads import set_threads
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the pool on Ctrl-C
-    _WORKER.update(model=load_model(model_dir))
-    set_threads(1, 1, 1)
-
-
 def _follow_worker(job):
     return _follow_batch(_WORKER["model"], job)
 
@@ -641,7 +633,7 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         return at
 
     pool = None if workers == 1 else ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_init_follow_worker, initargs=(str(model_dir),))
+        workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(str(model_dir),))
     pending = collections.deque()
     with handle, tqdm(unit="frame", desc="following", disable=not progress) as bar:
         rows = _Rows(handle, model.classes)
