@@ -197,27 +197,31 @@ def _read(source: Source, a: int, b: int) -> np.ndarray:
         if source.kind == "npy":
             array = np.load(source.path, mmap_mode="r")
             return _as_8bit(np.array(array[None] if array.ndim == 2 else array[a:b]), where)
-        return np.stack([_read_page(source, k) for k in range(a, b)])
+        return _read_pages(source, a, b)
     except OSError as exc:
         raise ValueError(f"{where}: could not read frames {a} … {b - 1} ({exc})") from None
 
 
-def _read_page(source: Source, k: int) -> np.ndarray:
-    """Page ``k`` of an image file as an 8-bit frame (M, N) (a 16-bit one is ADU)."""
+def _read_pages(source: Source, a: int, b: int) -> np.ndarray:
+    """Pages ``a`` … ``b`` of an image file as 8-bit frames (b − a, M, N), the file opened once (16-bit pages
+    are ADU)."""
     from PIL import Image
 
     where = repr(str(source.path))
+    frames = []
     with Image.open(source.path) as image:
-        image.seek(k)
-        if image.mode not in IMAGE_MODES or (image.height, image.width) != source.shape:
-            raise ValueError(f"{where}: page {k} is a {image.mode} image of {image.height}×{image.width}; the "
-                             f"first is a greyscale frame of {source.shape[0]}×{source.shape[1]}")
-        frame = np.array(image)
-    if frame.dtype.itemsize > 2 or frame.dtype.kind == "i":
-        if frame.size and (frame.min() < 0 or frame.max() > 65535):
-            raise ValueError(f"{where}: values outside 0 … 65535; not a 16-bit detector frame")
-        frame = frame.astype(np.uint16)
-    return _as_8bit(frame, where)
+        for k in range(a, b):
+            image.seek(k)
+            if image.mode not in IMAGE_MODES or (image.height, image.width) != source.shape:
+                raise ValueError(f"{where}: page {k} is a {image.mode} image of {image.height}×{image.width}; "
+                                 f"the first is a greyscale frame of {source.shape[0]}×{source.shape[1]}")
+            frame = np.array(image)
+            if frame.dtype.itemsize > 2 or frame.dtype.kind == "i":
+                if frame.size and (frame.min() < 0 or frame.max() > 65535):
+                    raise ValueError(f"{where}: values outside 0 … 65535; not a 16-bit detector frame")
+                frame = frame.astype(np.uint16)
+            frames.append(_as_8bit(frame, where))
+    return np.stack(frames)
 
 
 def check_frame_size(model, shape, where: str = "frames") -> None:
