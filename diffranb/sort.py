@@ -646,6 +646,7 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
             if pool is not None:  # every process up, its model loaded, before the first file is taken
                 for future in [pool.submit(_follow_worker, []) for _ in range(workers)]:
                     future.result()
+            last_active = time.monotonic()  # the idle timer starts once the processes are up
             if on_ready is not None:
                 on_ready()
             while True:
