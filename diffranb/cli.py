@@ -242,14 +242,16 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes of one thread each that read and classify "
                                                           "batches (default 1: this process, all its threads)")
     p.add_argument("--follow", action="store_true",
-                   help="INPUT is one directory: sort the images and .npy files under it (its subdirectories too) as "
-                        "they appear, appending rows to --out, until --idle-timeout or Ctrl-C")
+                   help="INPUT is one directory: sort the images, .npy and HDF5 files under it (its subdirectories "
+                        "too) as they appear and as HDF5 files grow, appending rows to --out, until --idle-timeout "
+                        "or Ctrl-C")
     p.add_argument("--idle-timeout", type=float, metavar="S",
                    help="with --follow: stop once nothing new has come and nothing was sorted for S seconds "
                         "(default: run until Ctrl-C)")
     p.add_argument("--poll", type=float, metavar="S",
                    help="with --follow: list the directory every S seconds, and take a file once its size and "
-                        "time have held that long (default 0.5)")
+                        "time have held that long (default 0.5); an HDF5 file written in SWMR mode is read as it "
+                        "grows, up to the frames it held a listing before")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (on standard error)")
     p.set_defaults(func=_sort)
 
@@ -259,14 +261,14 @@ def _follow(args) -> int:
 
     if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
         raise ValueError("--follow: give one directory to follow")
-    if args.split or args.dataset:
-        raise ValueError("--follow sorts the image and .npy files of one directory: no --split or --dataset")
+    if args.split:
+        raise ValueError("--follow sorts the files of one directory as they come: no --split")
     model = evaluate.load_model(args.model)
     result = sort.follow(model, args.inputs[0], args.out, batch_size=args.batch,
                          poll_s=0.5 if args.poll is None else args.poll,
                          idle_timeout_s=args.idle_timeout, progress=not args.no_progress,
                          warn=lambda message: print(f"diffranb sort: {message}", file=sys.stderr),
-                         workers=args.workers, model_dir=args.model)
+                         workers=args.workers, model_dir=args.model, dataset=args.dataset)
     n = result["frames"]
     why = "no new file for the idle timeout" if result["stopped"] == "idle" else "interrupted"
     print(f"followed {args.inputs[0]} for {result['seconds']:.1f} s ({why}): sorted {n} frames of "

@@ -22,6 +22,7 @@ before any frame is sorted.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import tempfile
@@ -56,6 +57,9 @@ class Source:
         The HDF5 dataset holding the frames.
     indices : numpy.ndarray or None
         The frames of a diffranb set that are read (one split, increasing), else all.
+    swmr : bool
+        An HDF5 file a writer holds open in single-writer / multiple-reader mode: read it in that mode (its
+        frames are those it held when opened; more may come).
     """
 
     path: Path
@@ -64,6 +68,7 @@ class Source:
     shape: tuple
     dataset: str | None = None
     indices: np.ndarray | None = None
+    swmr: bool = False
 
     def frame_numbers(self, a: int, b: int) -> np.ndarray:
         """What the CSV calls frames ``a`` … ``b`` of this source: a diffranb set's own frame indices, else
@@ -111,6 +116,30 @@ def _hdf5_frames(f, path: Path) -> str:
     return found[0]
 
 
+class Busy(ValueError):
+    """An HDF5 file that a writer holds open (and locked): it cannot be read until the writer closes it."""
+
+
+def _open_hdf5(path: Path):
+    """Open HDF5 file ``path`` to read: (h5py.File, swmr). A file that a writer holds open in SWMR mode is opened
+    in that mode (swmr True); one that a writer holds locked raises :class:`Busy`."""
+    import errno
+
+    import h5py
+
+    try:
+        return h5py.File(path, "r"), False
+    except OSError as exc:
+        first = exc
+    try:  # a writer in SWMR mode refuses other readers ("already open for write")
+        return h5py.File(path, "r", swmr=True), True
+    except OSError:
+        pass
+    if isinstance(first, BlockingIOError) or getattr(first, "errno", None) == errno.EAGAIN:
+        raise Busy(f"{str(path)!r}: a writer holds it open; read it once the writer has closed it") from None
+    raise first
+
+
 def open_source(path, *, dataset: str | None = None, split: str | None = None) -> Source:
     """What will be read of file ``path``, checked: its frames' number, size and type.
 
@@ -137,7 +166,8 @@ def open_source(path, *, dataset: str | None = None, split: str | None = None) -
     suffix = path.suffix.lower()
     if suffix in HDF5_SUFFIXES:
         try:
-            with h5py.File(path, "r") as f:
+            f, swmr = _open_hdf5(path)
+            with f:
                 is_set = all(name in f for name in ("images", "labels", "split")) and dataset in (None, "images")
                 if not is_set and split is not None:
                     raise ValueError(f"{where}: --split is for sets built by diffranb generate; this file is not "
@@ -148,13 +178,15 @@ def open_source(path, *, dataset: str | None = None, split: str | None = None) -
                         raise ValueError(f"{where}: no dataset {name!r}")
                     _check_dtype(f[name].dtype, f"{where}:{name}")
                     n, shape = _frames_shape(f[name].shape, f"{where}:{name}")
+        except Busy:
+            raise
         except OSError as exc:
             raise ValueError(f"{where}: not a readable HDF5 file ({exc})") from None
         if is_set:
             with open_dataset(path) as ds:
                 indices = np.arange(len(ds)) if split is None else ds.indices(split)
                 return Source(path, "diffranb", len(indices), tuple(ds.images.shape[1:]), "images", indices)
-        return Source(path, "hdf5", n, shape, name)
+        return Source(path, "hdf5", n, shape, name, swmr=swmr)
     if suffix == ".npy":
         try:
             array = np.load(path, mmap_mode="r")
@@ -191,7 +223,7 @@ def _read(source: Source, a: int, b: int) -> np.ndarray:
         if source.kind == "hdf5":
             import h5py
 
-            with h5py.File(source.path, "r") as f:
+            with h5py.File(source.path, "r", swmr=source.swmr) as f:
                 data = f[source.dataset]
                 return _as_8bit(data[()][None] if data.ndim == 2 else data[a:b], f"{where}:{source.dataset}")
         if source.kind == "npy":
@@ -286,12 +318,13 @@ def expand_inputs(paths) -> list[Path]:
     return out
 
 
-def _tasks(sources, batch_size: int) -> list[list[tuple[int, int, int]]]:
+def _tasks(sources, batch_size: int, starts=None) -> list[list[tuple[int, int, int]]]:
     """The sources' frames in calls of ``batch_size``: each call a list of pieces (source number, a, b), so
-    that files of one frame each are still handed over ``batch_size`` at a time."""
+    that files of one frame each are still handed over ``batch_size`` at a time. ``starts``: the first frame
+    of each source to take (default 0), and it ends at its ``n_frames``."""
     tasks, current, filled = [], [], 0
     for k, source in enumerate(sources):
-        a = 0
+        a = 0 if starts is None else starts[k]
         while a < source.n_frames:
             b = min(a + batch_size - filled, source.n_frames)
             current.append((k, a, b))
@@ -465,34 +498,41 @@ def write_csv(model, sources, out, *, batch_size: int = 32, progress: bool = Tru
     return result | {"seconds": seconds, "frames_per_s": result["frames"] / seconds if seconds > 0 else float("nan")}
 
 
-#: What a followed directory is watched for: files of frames a detector writes one by one, images and raw
-#: ``.npy`` frames (every ``.npy`` file under the directory is taken as frames). HDF5 files grow while they are
-#: written: they are sorted once complete, by naming them.
-FOLLOW_SUFFIXES = IMAGE_SUFFIXES + (".npy",)
+#: What a followed directory is watched for: files of frames a detector writes one by one (images and raw
+#: ``.npy`` frames: every ``.npy`` file under the directory is taken as frames), and HDF5 files, which grow.
+FOLLOW_SUFFIXES = IMAGE_SUFFIXES + (".npy",) + HDF5_SUFFIXES
+
+
+def _grows(path: str) -> bool:
+    """Whether a followed file may gain frames after it was first sorted: HDF5 files do."""
+    return path.lower().endswith(HDF5_SUFFIXES)
 
 
 class _Watch:
-    """What a followed directory holds: files are *ready* once their size and modification time have held for
-    ``settle_s`` seconds; ``changed`` says whether anything new or changed was seen in the last listing."""
+    """What a followed directory holds. A file is *ready* once its size and modification time have held for
+    ``settle_s`` seconds. An image or ``.npy`` file is taken once; an HDF5 file is offered again each time it
+    has changed and held still again. ``changed`` says whether anything new or changed was seen in the last
+    listing."""
 
     def __init__(self, directory, settle_s: float):
         self.directory, self.settle_s = directory, settle_s
         self.seen = {}  # path -> ((size, mtime), first seen with them)
-        self.taken = set()  # paths taken: each file once (a poll stats only the files not yet taken)
+        self.taken = {}  # path -> (size, mtime) when taken; images and arrays are not looked at again
         self.changed = False
 
     def ready(self) -> list[str]:
         now, ready, seen = time.monotonic(), [], {}
         self.changed = False
         for path in _walk(self.directory, FOLLOW_SUFFIXES):
-            if path in self.taken:
+            taken = self.taken.get(path)
+            if taken is not None and not _grows(path):
                 continue
             try:
                 stat = os.stat(path)
             except OSError:  # removed meanwhile
                 continue
             key = (stat.st_size, stat.st_mtime_ns)
-            if stat.st_size == 0:
+            if stat.st_size == 0 or key == taken:
                 continue
             before = self.seen.get(path)
             seen[path] = before if before is not None and before[0] == key else (key, now)
@@ -503,9 +543,12 @@ class _Watch:
         self.seen = seen
         ready.sort(key=lambda p: (seen[p][0][1], p))
         for path in ready:
-            del seen[path]
-            self.taken.add(path)
+            self.taken[path] = seen.pop(path)[0]
         return ready
+
+    def again(self, path: str) -> None:
+        """Offer ``path`` again once it has held still (it could not be read yet)."""
+        self.taken.pop(path, None)
 
     def growing(self) -> list[str]:
         """Files seen but not yet ready."""
@@ -543,7 +586,8 @@ class _Now:
 
 
 def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, idle_timeout_s: float | None = None,
-           progress: bool = True, warn=None, workers: int = 1, model_dir=None, on_ready=None) -> dict:
+           progress: bool = True, warn=None, workers: int = 1, model_dir=None, on_ready=None,
+           dataset: str | None = None) -> dict:
     """Sort the frames of files as they appear under ``directory``, as a beamline sorts a running experiment,
     and append one CSV row per frame to ``out`` (the columns of :func:`write_csv`), flushed after every call of
     the model.
@@ -551,9 +595,17 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
     The directory is listed every ``poll_s`` seconds, recursively (:func:`_walk`: hidden files and directories
     and symbolic links are left out). Files already there are sorted first. A file is taken once its size and
     modification time have held for ``poll_s`` seconds (on a network file system, whose cached attributes may
-    lag, give a longer ``poll_s``), and only once: a file rewritten afterwards is not sorted again. Frames go to
-    the model at most ``batch_size`` at a time, across files. A file that cannot be read, or whose frames the
-    model cannot take, is reported through ``warn`` and skipped; the run goes on.
+    lag, give a longer ``poll_s``). An image or ``.npy`` file is taken only once: rewritten afterwards, it is not
+    sorted again. Frames go to the model at most ``batch_size`` at a time, across files. A file that cannot be
+    read, or whose frames the model cannot take, is reported through ``warn`` and skipped; the run goes on.
+
+    HDF5 files grow as a detector writes them, and each of their frames is sorted once:
+    - a file that a writer holds open and locked is left until it is closed;
+    - a file that a writer holds open in single-writer / multiple-reader (SWMR) mode is read as it grows: at
+      each listing, the frames it already held at the listing before (a poll's time for the writer to finish
+      writing them);
+    - whenever a file has held still for ``poll_s``, the frames it holds beyond those already sorted are taken
+      (so a file that a writer without locks or SWMR appends to is read in pieces, each once it held still).
 
     The run ends on Ctrl-C, or once nothing new or changed has been seen and nothing sorted for
     ``idle_timeout_s`` seconds; files still changing then are reported. The rows written so far stay.
@@ -579,6 +631,8 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         With ``workers`` > 1: the directory ``model`` was loaded from, which each process loads.
     on_ready : callable, optional
         Called without arguments once the processes have loaded the model and the CSV's header is written.
+    dataset : str, optional
+        The dataset of frames in HDF5 files (default: each file's only array of frames, :func:`open_source`).
 
     Returns
     -------
@@ -612,10 +666,8 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
         handle = open(out, "x", newline="")
     except OSError as exc:
         raise ValueError(f"{str(out)!r}: cannot write there ({exc})") from None
-    if any(True for _ in _walk(directory, HDF5_SUFFIXES)):
-        warn(f"HDF5 files under {str(directory)!r} are not followed (they grow while written): sort them by name "
-             "once complete")
     watch, skipped, files = _Watch(directory, poll_s), {}, set()
+    done, live = {}, {}  # HDF5 file -> frames taken; -> frames it held at the last listing, while written (SWMR)
     start = last_active = time.monotonic()
     stopped = "idle"
 
@@ -650,19 +702,51 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
             if on_ready is not None:
                 on_ready()
             while True:
-                sources = []
+                sources, starts = [], []
+
+                def take(source, n):  # frames done[path] … n of source
+                    path = str(source.path)
+                    if n > done.get(path, 0):
+                        sources.append(dataclasses.replace(source, n_frames=n))
+                        starts.append(done.get(path, 0))
+                        done[path] = n
+
                 for path in watch.ready():
                     try:
-                        source = open_source(path)
+                        source = open_source(path, dataset=dataset)
                         check_frame_size(model, source.shape, repr(path))
+                    except Busy:
+                        watch.again(path)
+                        continue
                     except (ValueError, OSError) as exc:
                         skip(path, str(exc))
                         continue
-                    if source.n_frames == 0:
+                    live.pop(path, None)
+                    if source.n_frames < done.get(path, 0):
+                        skip(path, f"{path!r}: holds {source.n_frames} frames, fewer than the {done[path]} sorted: "
+                                   "rewritten, and not sorted again")
+                    elif source.n_frames == 0 and not _grows(path):
                         skip(path, f"{path!r}: no frames")
+                    else:
+                        take(source, source.n_frames)
+                for path in watch.growing():
+                    if not _grows(path) or path in skipped:
                         continue
-                    sources.append(source)
-                for task in _tasks(sources, batch_size):
+                    try:
+                        source = open_source(path, dataset=dataset)
+                    except (ValueError, OSError):  # locked or half-written: taken once it holds still
+                        continue
+                    if not source.swmr:
+                        continue
+                    try:
+                        check_frame_size(model, source.shape, repr(path))
+                    except ValueError as exc:
+                        skip(path, str(exc))
+                        continue
+                    before, live[path] = live.get(path), source.n_frames
+                    if before is not None:
+                        take(source, min(before, source.n_frames))
+                for task in _tasks(sources, batch_size, starts):
                     job = [(sources[k], a, b) for k, a, b in task]
                     pending.append(pool.submit(_follow_worker, job) if pool else _Now(_follow_batch(model, job)))
                     while pending and pending[0].done():  # in the order taken
@@ -683,6 +767,7 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
             if pool is not None:
                 pool.shutdown(wait=stopped != "interrupted", cancel_futures=stopped == "interrupted")
     for path in watch.growing():
-        warn(f"not sorted: {path!r} was still changing when the run stopped")
+        warn(f"not sorted: {path!r} was still changing when the run stopped"
+             + (f" (its first {done[path]} frames were sorted)" if done.get(path) else ""))
     return rows.summary() | {"files": len(files), "skipped": skipped, "seconds": time.monotonic() - start,
                              "stopped": stopped}

@@ -288,7 +288,7 @@ def test_follow_command_line(forest, tmp_path, capsys):
     assert "followed" in capsys.readouterr().out and read_rows(out) == []  # the header only: nothing came
     out.unlink()
     assert cli.main(args + ["--split", "test", "--idle-timeout", "0.3"]) == 2
-    assert "no --split or --dataset" in capsys.readouterr().err and not out.exists()
+    assert "no --split" in capsys.readouterr().err and not out.exists()
     assert cli.main(args[:3] + [str(tmp_path / "run"), str(tmp_path / "run")] + args[4:]) == 2
     assert "give one directory" in capsys.readouterr().err
     for option in ("--idle-timeout", "--poll"):
@@ -354,6 +354,117 @@ def test_follow_sorts_what_comes_during_a_long_sort_and_survives_a_file_that_van
     rows = read_rows(tmp_path / "out.csv")
     assert sorted(Path(r["file"]).name for r in rows) == ["a.npy", "b.npy"]
     assert [Path(p).name for p in result["skipped"]] == ["gone.npy"] and len(warned) == 1
+
+
+#: A detector writing HDF5 in another process (a writer in this one would share the reader's file handle):
+#: bursts of frames 16 × 16, their grey level their number, with a pause after each burst; the time each burst
+#: became readable and the time the file was closed go to ``<file>.log``.
+HDF5_WRITER = """
+import sys, time, h5py, numpy as np
+path, mode, bursts, pause = sys.argv[1], sys.argv[2], [int(n) for n in sys.argv[3].split(",")], float(sys.argv[4])
+log = open(path + ".log", "w")
+f = h5py.File(path, "w", libver="latest" if mode == "swmr" else None)
+data = f.create_dataset("entry/data/data", (0, 16, 16), np.uint8, maxshape=(None, 16, 16), chunks=(1, 16, 16))
+f.create_dataset("entry/meta/exposure", data=np.ones(3))
+if mode == "swmr":
+    f.swmr_mode = True
+n = 0
+for burst in bursts:
+    data.resize((n + burst, 16, 16))
+    data[n:n + burst] = np.arange(n, n + burst, dtype=np.uint8)[:, None, None]
+    n += burst
+    data.flush() if mode == "swmr" else f.flush()
+    print("burst", time.time(), file=log, flush=True)
+    time.sleep(pause)
+f.close()
+print("closed", time.time(), file=log, flush=True)
+"""
+
+
+class Recorder(Fixed):
+    """:class:`Fixed`, also recording when it was called and the grey level of every frame it got."""
+
+    def __init__(self):
+        super().__init__(dataset.CLASSES, "good")
+        self.times, self.levels = [], []
+
+    def scores(self, images8):
+        self.times.append(time.time())
+        self.levels.extend(int(im[0, 0]) for im in images8)
+        return super().scores(images8)
+
+
+def follow_writer(tmp_path, mode, bursts, pause, poll_s=0.1, before=None):
+    """Follow a directory while :data:`HDF5_WRITER` writes ``run/frames.h5`` (``before`` is called on the file
+    once the writer has closed it, still within the run): (model, rows, result, warnings, writer's log)."""
+    import subprocess
+    import sys
+    import threading
+
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / "frames.h5"
+    writer = subprocess.Popen([sys.executable, "-c", HDF5_WRITER, str(path), mode, ",".join(map(str, bursts)),
+                               str(pause)])
+    deadline = time.monotonic() + 60
+    while not (run / "frames.h5.log").exists() and time.monotonic() < deadline:  # the idle timer starts now
+        time.sleep(0.01)
+
+    def wait_and_append():
+        writer.wait()
+        if before is not None:
+            before(path)
+
+    thread = threading.Thread(target=wait_and_append)
+    thread.start()
+    model, warned = Recorder(), []
+    result = sort.follow(model, run, tmp_path / "out.csv", batch_size=4, poll_s=poll_s, idle_timeout_s=1.5,
+                         progress=False, warn=warned.append)
+    thread.join()
+    assert writer.returncode == 0
+    log = [line.split() for line in (run / "frames.h5.log").read_text().splitlines()]
+    return model, read_rows(tmp_path / "out.csv"), result, warned, log
+
+
+def test_follow_reads_an_hdf5_file_written_in_swmr_mode_as_it_grows(tmp_path):
+    # a burst every 0.05 s, listed every 0.2 s: the file never holds still until it is closed
+    model, rows, result, warned, log = follow_writer(tmp_path, "swmr", [1, 2, 1, 3] * 6, pause=0.05, poll_s=0.2)
+    closed = float(log[-1][1])
+    assert warned == [] and result["skipped"] == {} and result["files"] == 1
+    assert [int(r["frame"]) for r in rows] == list(range(42)) and model.levels == list(range(42))  # each once
+    assert min(model.times) < closed  # read while the writer held it open
+    assert all(Path(r["file"]).name == "frames.h5" for r in rows)
+
+
+def test_follow_waits_for_a_locked_hdf5_file_and_takes_frames_appended_later(tmp_path):
+    import h5py
+
+    def append_three(path):  # the file opened again once sorted, and three frames appended
+        time.sleep(0.5)
+        with h5py.File(path, "a") as f:
+            data = f["entry/data/data"]
+            data.resize((9, 16, 16))
+            data[6:] = np.arange(6, 9, dtype=np.uint8)[:, None, None]
+
+    model, rows, result, warned, log = follow_writer(tmp_path, "plain", [2, 4], pause=0.6, before=append_three)
+    closed = float(log[-1][1])
+    assert warned == [] and result["skipped"] == {}  # held open past a poll: not an unreadable file
+    assert [int(r["frame"]) for r in rows] == list(range(9)) and model.levels == list(range(9))
+    assert min(model.times) > closed  # a locked file is read once its writer has closed it
+    assert len(model.calls) >= 2  # the three appended frames came in a later call
+
+
+def test_follow_refuses_an_hdf5_file_rewritten_with_fewer_frames(tmp_path):
+    import h5py
+
+    def rewrite(path):
+        time.sleep(0.5)  # sorted by then
+        with h5py.File(path, "w") as f:
+            f["entry/data/data"] = np.zeros((2, 16, 16), np.uint8)
+
+    model, rows, result, warned, _ = follow_writer(tmp_path, "plain", [5], pause=0.0, before=rewrite)
+    assert [int(r["frame"]) for r in rows] == list(range(5))
+    assert len(warned) == 1 and "holds 2 frames, fewer than the 5 sorted" in warned[0]
 
 
 def test_bench_follow_times_a_follower_against_a_detector_writing_at_a_rate(forest, classic_tiny_set, capsys):
