@@ -334,7 +334,6 @@ def _train_classic(args) -> int:
 
 
 def _tune_hyperopt(args) -> int:
-    import shlex
     import time
 
     from . import tune
@@ -496,7 +495,6 @@ def _bohb_objective_flags(p) -> None:
 
 def _train_deepfreak(args) -> int:
     import dataclasses
-    import shlex
 
     from . import deepfreak
 
