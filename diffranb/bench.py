@@ -212,15 +212,15 @@ def _rate_on_processes(initializer, initargs, task, n_frames: int, workers: int,
 
 def _spot_noise_rates(frames, window: int) -> dict:
     """Frames per second of the spot statistics' noise per annulus (:func:`diffranb.features._ring_noise`, from
-    histograms) and of its sorting baseline (``np.median`` per annulus), on the same box sums, one thread,
+    histograms) and of its sorting baseline (``np.median`` per annulus), on the same weighted sums, one thread,
     alternating, each the best of :data:`CLASSIC_ROUNDS` passes."""
     from . import features
 
     sums = []
     for image in frames:
-        box = features.box_sums(image, window)[0]
-        _, order, bounds, _ = features._annuli(box.shape)
-        sums.append(box.ravel()[order])
+        weighted = features.spot_sums(image, window)[0]
+        _, order, bounds, _ = features._annuli(weighted.shape)
+        sums.append(weighted.ravel()[order])
     best = {"histogram": 0.0, "sorting": 0.0}
     for _ in range(CLASSIC_ROUNDS):
         for name, fn in (("histogram", features._ring_noise), ("sorting", features._ring_noise_by_sorting)):

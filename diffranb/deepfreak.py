@@ -79,9 +79,13 @@ BIN_MODES = ("mean", "max")
 INPUTS = ("frame", "spots")
 #: Median window (px) of the ``"spots"`` input's background (:func:`diffranb.features.spot_significance`).
 SPOT_INPUT_WINDOW = 5
+#: Weights of the ``"spots"`` input's 3 × 3 sums (:data:`diffranb.features.SPOT_KERNELS`): the plain box sum the
+#: networks were trained on, the spot statistics' map of extractor version 2, which this version tag names.
+SPOT_INPUT_KERNEL = "box"
+SPOT_INPUT_VERSION = 2
 #: The ``"spots"`` input is kept as int8 codes, round(SPOT_CODE_STEPS · asinh(z / SPOT_CODE_KNEE)): steps of
 #: 0.125 in z about 0, of 6 % for bright spots, saturating at |z| ≈ 2,800, which no frame reaches: a box sum of
-#: 8-bit pixels is at most 9 · 255 and its noise at least features.MIN_BOX_NOISE, so |z| ≤ 2,650.
+#: 8-bit pixels is at most 9 · 255 and its noise at least features.min_sum_noise("box"), so |z| ≤ 2,650.
 SPOT_CODE_KNEE = 2.0
 SPOT_CODE_STEPS = 16
 
@@ -459,9 +463,10 @@ def spot_codes(images8, binning: int = 1, mode: str = "max", mask=None) -> np.nd
     """The ``"spots"`` input's integers: each frame's spot significance, binned, on a compressed int8 scale.
 
     z is :func:`diffranb.features.spot_significance` with a :data:`SPOT_INPUT_WINDOW` median background and
-    the detector ``mask``: the 3 × 3 box sum above the local background in units of its noise at that
-    radius, 0 on masked pixels. It is what a hit finder thresholds, and what the spot forest of chapter 4
-    counts; the network is given the whole map instead of counts. Binning takes each block's maximum or mean
+    the detector ``mask``: the 3 × 3 box sum (:data:`SPOT_INPUT_KERNEL`) above the local background in units of
+    its noise at that radius, 0 on masked pixels. It is what a hit finder thresholds; the spot forest of
+    chapter 4 counts the peaks of the same map made with the matched kernel, and the network is given the whole
+    map instead of counts. Binning takes each block's maximum or mean
     of z. The code is round(:data:`SPOT_CODE_STEPS` · asinh(z / :data:`SPOT_CODE_KNEE`)), clipped to ±127:
     linear (steps of 0.125) in the noise, logarithmic for bright spots.
 
@@ -482,7 +487,7 @@ def spot_codes(images8, binning: int = 1, mode: str = "max", mask=None) -> np.nd
     n, m, k = images8.shape
     out = np.empty((n,) + _blocks(images8[:1], binning).shape[1:4:2], dtype=np.int8)
     for j, image in enumerate(images8):
-        z = spot_significance(image, SPOT_INPUT_WINDOW, mask)[0]
+        z = spot_significance(image, SPOT_INPUT_WINDOW, mask, SPOT_INPUT_KERNEL)[0]
         if binning > 1:
             blocks = _blocks(z[None], binning)[0]
             z = blocks.max(axis=(1, 3)) if mode == "max" else blocks.mean(axis=(1, 3))
@@ -765,9 +770,7 @@ def _model_json(network, classes, binning, bin_mode, mean, info, input_kind="fra
 def _spot_input_version() -> dict:
     """What makes a spot input (saved with models and checkpoints, checked when they are read): the version
     of :func:`diffranb.features.spot_significance`, its window and the int8 code."""
-    from .features import EXTRACTOR_VERSIONS
-
-    return {"spot_version": EXTRACTOR_VERSIONS["spots"], "spot_window": SPOT_INPUT_WINDOW,
+    return {"spot_version": SPOT_INPUT_VERSION, "spot_window": SPOT_INPUT_WINDOW,
             "spot_code": [SPOT_CODE_KNEE, SPOT_CODE_STEPS]}
 
 

@@ -586,9 +586,9 @@ def overlay_mask(mask, ax: Axes, *, color: str = "tab:blue", alpha: float = 0.6)
 def plot_spot_peaks(image, *, window: int = 5, level: float = 8.0, mask=None, ax: Axes | None = None,
                     color: str = "tab:orange", mask_color: str = "tab:blue", **kw) -> Axes:
     """An 8-bit frame with the peaks the spot statistics count at significance ``level`` circled
-    (:func:`diffranb.features.spot_significance`: 3 × 3 local maxima of the box-summed excess over the local
-    median, in units of its noise); with a detector ``mask`` (:func:`diffranb.features.detector_mask`) its
-    pixels are ignored and drawn in ``mask_color``."""
+    (:func:`diffranb.features.spot_significance`: 3 × 3 local maxima of the weighted sum of the excess over
+    the local median, in units of its noise); with a detector ``mask`` (:func:`diffranb.features.detector_mask`)
+    its pixels are ignored and drawn in ``mask_color``."""
     from .features import max_3x3, spot_significance
 
     z = spot_significance(image, window, mask)[0]

@@ -494,7 +494,7 @@ def test_the_spot_input_is_the_binned_significance_on_an_asinh_scale():
     x = dfk.network_input(frames, 2, "max", "spots", mask)
     assert x.shape == (2, 24, 24) and x.dtype == np.float32
     for k in range(2):
-        z = features.spot_significance(frames[k], dfk.SPOT_INPUT_WINDOW, mask)[0]
+        z = features.spot_significance(frames[k], dfk.SPOT_INPUT_WINDOW, mask, dfk.SPOT_INPUT_KERNEL)[0]
         zmax = z.reshape(24, 2, 24, 2).max(axis=(1, 3))
         want = np.clip(np.rint(16 * np.arcsinh(zmax / 2.0)), -127, 127) / 64
         np.testing.assert_allclose(x[k], want, atol=1e-7)

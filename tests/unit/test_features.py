@@ -168,15 +168,17 @@ def _ring_frame_with_spots(n_spots, seed=0, shape=(256, 256)):
 
 
 @pytest.mark.parametrize("n_spots", [0, 1, 17, 40])
-def test_spot_statistics_count_spots_and_not_rings(n_spots):
+@pytest.mark.parametrize("kernel, noise_range", [("box", (6.3, 8.0)), ("matched", (13.5, 18.0))])
+def test_spot_statistics_count_spots_and_not_rings(n_spots, kernel, noise_range):
     image, centres = _ring_frame_with_spots(n_spots)
-    z, background, noise = features.spot_significance(image, 5)
-    # nine pixels of noise 3 sum to noise 9; the local median shares some of that noise and removes it, and a
-    # simulation of this estimate without spots or ring gives 7.1 (uncorrelated noise left would give 9)
-    assert np.all((noise > 6.3) & (noise < 8.0))
+    z, background, noise = features.spot_significance(image, 5, kernel=kernel)
+    # pixels of noise 3 weighted by w sum to noise 3·√Σw²: 9 for the box, 18 for the matched kernel; the local
+    # median shares some of that noise and removes it, and simulations of this estimate without spots or ring
+    # give 7.1 and 15.2 (a ring crowded with spots a little more)
+    assert np.all((noise > noise_range[0]) & (noise < noise_range[1]))
     peaks = np.argwhere((z == features.max_3x3(z)) & (z >= 10))
     assert sorted(map(tuple, peaks)) == sorted(centres)
-    counts = np.expm1(features.spot_features(image, 5))
+    counts = np.expm1(features.spot_features(image, 5, kernel=kernel))
     names = features.spot_names()
     assert len(counts) == len(names) == 25
     assert round(counts[names.index("peaks z≥10")]) == n_spots
@@ -185,7 +187,24 @@ def test_spot_statistics_count_spots_and_not_rings(n_spots):
     assert sum(bands) == n_spots
 
 
-def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set):
+def test_a_matched_kernel_doubles_the_significance_of_a_one_pixel_spot():
+    rng = np.random.default_rng(3)
+    image = np.clip(np.rint(80.0 + rng.normal(0.0, 3.0, (192, 192))), 0, 255).astype(np.uint8)
+    centres = [(12 + 24 * (k // 7), 12 + 24 * (k % 7)) for k in range(49)]
+    for i, j in centres:
+        image[i, j] += 30
+    z = {k: features.spot_significance(image, 9, kernel=k)[0] for k in features.SPOT_KERNELS}
+    at = tuple(np.array(centres).T)
+    # one pixel's excess over the noise of the sum, √(Σw²)·σ: 4/√36 of it against 1/√9, twice as much; each
+    # spot's z also holds one unit of noise, so the mean over 49 spots is known to about 5 %
+    ratio = np.mean(z["matched"][at]) / np.mean(z["box"][at])
+    assert 1.8 < ratio < 2.2
+    with pytest.raises(ValueError, match="kernel = 'gauss'"):
+        features.spot_significance(image, 9, kernel="gauss")
+
+
+@pytest.mark.parametrize("kernel", ["box", "matched"])
+def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set, kernel):
     rng = np.random.default_rng(5)
     with dataset.open_dataset(tiny_set) as ds:
         frames = [ds.image8(i) for i in range(0, 80, 5)]
@@ -196,24 +215,26 @@ def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set):
         ring_mask = np.hypot(i - image.shape[0] / 2, j - image.shape[1] / 2) <= image.shape[0] / 6
         for mask in (None, rng.random(image.shape) < 0.2, ring_mask):
             for window in features.SPOT_WINDOWS:
-                box = features.box_sums(image, window, mask)[0]
-                _, order, bounds, _ = features._annuli(box.shape)
+                sums = features.spot_sums(image, window, mask, kernel)[0]
+                _, order, bounds, _ = features._annuli(sums.shape)
                 kept = None if mask is None else ~mask.ravel()[order]
-                fast = features._ring_noise(box.ravel()[order], bounds, kept)
-                sorted_ = features._ring_noise_by_sorting(box.ravel()[order], bounds, kept)
+                fast = features._ring_noise(sums.ravel()[order], bounds, kept, kernel)
+                sorted_ = features._ring_noise_by_sorting(sums.ravel()[order], bounds, kept, kernel)
                 if mask is ring_mask:  # the masked centre's rings keep too few pixels for a noise of their own
                     assert np.isnan(sorted_[:2]).all()
                 np.testing.assert_array_equal(fast, sorted_, err_msg=f"frame {k}")
-    # the extreme box sums (±9 × 255) land in the histogram's end bins
-    box = np.zeros((64, 64), np.float32)
-    box[::2] = 9 * 255
-    box[1::4] = -9 * 255
-    _, order, bounds, _ = features._annuli(box.shape)
-    np.testing.assert_array_equal(features._ring_noise(box.ravel()[order], bounds, None),
-                                  features._ring_noise_by_sorting(box.ravel()[order], bounds, None))
-    box[0, 0] = 9 * 255 + 1  # beyond any box sum of an 8-bit frame: the histogram would misplace it
-    with pytest.raises(ValueError, match="box sums"):
-        features._ring_noise(box.ravel()[order], bounds, None)
+    # the extreme sums (±9 × 255 for the box, ±16 × 255 for the matched kernel) land in the histogram's end bins
+    limit = {"box": 9 * 255, "matched": 16 * 255}[kernel]
+    assert features.sum_range(kernel) == limit
+    sums = np.zeros((64, 64), np.float32)
+    sums[::2] = limit
+    sums[1::4] = -limit
+    _, order, bounds, _ = features._annuli(sums.shape)
+    np.testing.assert_array_equal(features._ring_noise(sums.ravel()[order], bounds, None, kernel),
+                                  features._ring_noise_by_sorting(sums.ravel()[order], bounds, None, kernel))
+    sums[0, 0] = limit + 1  # beyond any sum of an 8-bit frame: the histogram would misplace it
+    with pytest.raises(ValueError, match="weighted sums"):
+        features._ring_noise(sums.ravel()[order], bounds, None, kernel)
 
 
 def test_grey_percentiles_from_histograms_equal_numpy():
