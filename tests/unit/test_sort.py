@@ -287,6 +287,12 @@ def test_follow_command_line(forest, tmp_path, capsys):
     assert cli.main(args + ["--idle-timeout", "0.3", "--poll", "0.05"]) == 0
     assert "followed" in capsys.readouterr().out and read_rows(out) == []  # the header only: nothing came
     out.unlink()
+    with h5py.File(tmp_path / "run" / "frames.h5", "w") as f:  # two arrays of frames: --dataset names one
+        f["entry/data/data"] = np.zeros((3, 128, 128), np.uint16)
+        f["entry/data/dark"] = np.zeros((1, 128, 128), np.uint16)
+    assert cli.main(args + ["--idle-timeout", "0.5", "--poll", "0.05", "--dataset", "entry/data/data"]) == 0
+    assert [int(r["frame"]) for r in read_rows(out)] == [0, 1, 2]
+    out.unlink()
     assert cli.main(args + ["--split", "test", "--idle-timeout", "0.3"]) == 2
     assert "no --split" in capsys.readouterr().err and not out.exists()
     assert cli.main(args[:3] + [str(tmp_path / "run"), str(tmp_path / "run")] + args[4:]) == 2
