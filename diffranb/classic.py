@@ -333,9 +333,24 @@ def save_model(model: ClassicModel, path) -> Path:
     if model.mask is not None:
         np.save(path / "mask.npy", np.asarray(model.mask, dtype=bool), allow_pickle=False)
     info = {"kind": "classic", "classes": list(model.classes), "dataset_hash": model.dataset_hash,
-            "diffranb_version": __version__, "config": model.config.to_dict(), "label": model.config.label()}
+            "diffranb_version": __version__, "config": model.config.to_dict(), "label": model.config.label(),
+            "extractor_version": features.EXTRACTOR_VERSIONS[model.config.extractor]}
     (path / "model.json").write_text(json.dumps(info | model.info, indent=2))
     return path
+
+
+def _check_extractor_version(path: Path, info: dict, extractor: str) -> None:
+    """Refuse a model whose features this diffranb no longer computes the same way. A model.json without
+    ``extractor_version`` predates the field, which came with version 3 of the spot statistics: it was made
+    with an extractor at its first version, or with spot statistics before version 3."""
+    now = features.EXTRACTOR_VERSIONS[extractor]
+    made = info.get("extractor_version")
+    if made is None and now == 1:
+        return
+    if made != now:
+        made = f"version {made}" if made is not None else "an earlier version (model.json does not record it)"
+        raise ValueError(f"{str(path)!r}: trained on {extractor} features of {made}; this diffranb computes "
+                         f"version {now}: retrain the model")
 
 
 def load_model(path) -> ClassicModel:
@@ -359,6 +374,7 @@ def load_model(path) -> ClassicModel:
         vocab = features.Vocabulary(np.load(path / "vocabulary.npy", allow_pickle=False))
     mask = np.load(path / "mask.npy", allow_pickle=False) if (path / "mask.npy").exists() else None
     config = ClassicConfig.from_dict(info["config"])
+    _check_extractor_version(path, info, config.extractor)
     if "masked_pixels" in info and mask is None:
         raise FileNotFoundError(f"{str(path)!r}: the model was trained with a detector mask, and mask.npy is missing")
     if mask is not None:
@@ -369,5 +385,5 @@ def load_model(path) -> ClassicModel:
                              f"{int(np.count_nonzero(mask))} pixels set; model.json says a bool frame mask of "
                              f"{info.get('masked_pixels')} pixels")
     extra = {k: v for k, v in info.items() if k not in ("kind", "classes", "dataset_hash", "diffranb_version",
-                                                        "config", "label")}
+                                                        "config", "label", "extractor_version")}
     return ClassicModel(config, pipeline, info["classes"], info["dataset_hash"], vocab, extra, mask)

@@ -67,6 +67,17 @@ def test_saved_model_loads_without_pickle_and_predicts_the_same(config, store, t
     assert predicted.dtype == np.int64 and predicted.shape == (len(test),)
     np.testing.assert_array_equal(predicted, model.predict(images))
     np.testing.assert_array_equal(predicted, streamed)
+    # the features' version travels with the model: one made with features computed otherwise is refused
+    assert info["extractor_version"] == features.EXTRACTOR_VERSIONS[config.extractor]
+    for made in (info["extractor_version"] + 1, None):
+        changed = {k: v for k, v in info.items() if k != "extractor_version"}
+        (path / "model.json").write_text(json.dumps(changed | ({} if made is None else {"extractor_version": made})))
+        if made is None and info["extractor_version"] == 1:  # written before the field, with unchanged features
+            assert classic.load_model(path).config == config
+        else:
+            with pytest.raises(ValueError, match="features of (version|an earlier).*retrain"):
+                classic.load_model(path)
+    (path / "model.json").write_text(json.dumps(info))
     if config.extractor == "spots":  # the detector mask travels with the model, and cannot be lost quietly
         assert (path / "mask.npy").exists() and info["masked_pixels"] == int(store.mask().sum())
         np.testing.assert_array_equal(loaded.mask, store.mask())
