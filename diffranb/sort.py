@@ -120,11 +120,18 @@ class Busy(ValueError):
     """An HDF5 file that a writer holds open (and locked): it cannot be read until the writer closes it."""
 
 
-def _open_hdf5(path: Path):
-    """Open HDF5 file ``path`` to read: (h5py.File, swmr). A file that a writer holds open in SWMR mode is opened
-    in that mode (swmr True); one that a writer holds locked raises :class:`Busy`."""
+def _held_by_writer(exc: OSError) -> bool:
+    """Whether HDF5 refused to open a file because a writer holds it: its lock (EAGAIN), or, where file locking
+    is off, the flag a writer leaves in the file while it is open ("already open for write")."""
     import errno
 
+    return isinstance(exc, BlockingIOError) or getattr(exc, "errno", None) == errno.EAGAIN \
+        or "already open for write" in str(exc)
+
+
+def _open_hdf5(path: Path):
+    """Open HDF5 file ``path`` to read: (h5py.File, swmr). A file that a writer holds open in SWMR mode is opened
+    in that mode (swmr True); one that a writer holds otherwise raises :class:`Busy`."""
     import h5py
 
     try:
@@ -135,7 +142,7 @@ def _open_hdf5(path: Path):
         return h5py.File(path, "r", swmr=True), True
     except OSError:
         pass
-    if isinstance(first, BlockingIOError) or getattr(first, "errno", None) == errno.EAGAIN:
+    if _held_by_writer(first):
         raise Busy(f"{str(path)!r}: a writer holds it open; read it once the writer has closed it") from None
     raise first
 
@@ -231,6 +238,8 @@ def _read(source: Source, a: int, b: int) -> np.ndarray:
             return _as_8bit(np.array(array[None] if array.ndim == 2 else array[a:b]), where)
         return _read_pages(source, a, b)
     except OSError as exc:
+        if source.kind == "hdf5" and _held_by_writer(exc):
+            raise Busy(f"{where}: a writer holds it open; frames {a} … {b - 1} were not read") from None
         raise ValueError(f"{where}: could not read frames {a} … {b - 1} ({exc})") from None
 
 
@@ -296,7 +305,7 @@ def _walk(directory, suffixes) -> list[str]:
             if entry.is_dir(follow_symlinks=False):
                 todo.append(entry.path)
             elif entry.name.lower().endswith(suffixes):
-                found.append(entry.path)
+                found.append(str(Path(entry.path)))  # as Source.path names it ("./a.h5" is "a.h5")
     return found
 
 
@@ -518,6 +527,7 @@ class _Watch:
         self.directory, self.settle_s = directory, settle_s
         self.seen = {}  # path -> ((size, mtime), first seen with them)
         self.taken = {}  # path -> (size, mtime) when taken; images and arrays are not looked at again
+        self.waiting = {}  # path -> (size, mtime): offered again once held still, without counting as a change
         self.changed = False
 
     def ready(self) -> list[str]:
@@ -535,24 +545,48 @@ class _Watch:
             if stat.st_size == 0 or key == taken:
                 continue
             before = self.seen.get(path)
-            seen[path] = before if before is not None and before[0] == key else (key, now)
-            if seen[path][1] == now:
+            if before is not None and before[0] == key:
+                seen[path] = before
+            elif self.waiting.get(path) == key:  # offered again, unchanged: the wait starts now
+                seen[path] = (key, now)
+            else:
+                seen[path] = (key, now)
                 self.changed = True
-            elif now - seen[path][1] >= self.settle_s:
+            if now - seen[path][1] >= self.settle_s:
                 ready.append(path)
-        self.seen = seen
+        self.seen, self.waiting = seen, {}
         ready.sort(key=lambda p: (seen[p][0][1], p))
         for path in ready:
             self.taken[path] = seen.pop(path)[0]
         return ready
 
     def again(self, path: str) -> None:
-        """Offer ``path`` again once it has held still (it could not be read yet)."""
-        self.taken.pop(path, None)
+        """Offer ``path`` again once it has held still for another ``settle_s``: it could not be read yet, or
+        its writer still holds it. That is not a change: the idle timer runs on."""
+        key = self.taken.pop(path, None)
+        if key is not None:
+            self.waiting[path] = key
 
     def growing(self) -> list[str]:
         """Files seen but not yet ready."""
         return sorted(self.seen)
+
+
+#: Seconds a followed HDF5 file is waited for when a writer opens it again between its listing and its
+#: reading (an appender), tried again after each of these.
+BUSY_RETRY_S = (0.1, 0.3, 1.0, 3.0)
+
+
+def _read_patiently(source: Source, a: int, b: int) -> np.ndarray:
+    """:func:`_read`, trying again while a writer holds the file open for a short while (:data:`BUSY_RETRY_S`)."""
+    for wait in BUSY_RETRY_S + (None,):
+        try:
+            return _read(source, a, b)
+        except Busy:
+            if wait is None:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def _follow_batch(model, job) -> tuple[list, np.ndarray | None, list]:
@@ -561,7 +595,7 @@ def _follow_batch(model, job) -> tuple[list, np.ndarray | None, list]:
     frames, read, failed = [], [], []
     for source, a, b in job:
         try:
-            frames.append(_read(source, a, b))
+            frames.append(_read_patiently(source, a, b))
             read.append((source, a, b))
         except (ValueError, OSError) as exc:
             failed.append((source, a, str(exc)))
@@ -600,12 +634,15 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
     read, or whose frames the model cannot take, is reported through ``warn`` and skipped; the run goes on.
 
     HDF5 files grow as a detector writes them, and each of their frames is sorted once:
-    - a file that a writer holds open and locked is left until it is closed;
+    - a file that a writer holds open (locked) is left until it is closed; it does not keep the run from
+      ending idle;
     - a file that a writer holds open in single-writer / multiple-reader (SWMR) mode is read as it grows: at
       each listing, the frames it already held at the listing before (a poll's time for the writer to finish
       writing them);
-    - whenever a file has held still for ``poll_s``, the frames it holds beyond those already sorted are taken
-      (so a file that a writer without locks or SWMR appends to is read in pieces, each once it held still).
+    - whenever a closed file has held still for ``poll_s``, the frames it holds beyond those already sorted
+      are taken, so a file appended to later is read in pieces; a writer that opens it again just then is
+      waited for a few seconds (:data:`BUSY_RETRY_S`) before its frames are reported as not sorted;
+    - a file that holds fewer frames than were sorted was rewritten: it is reported, and not read again.
 
     The run ends on Ctrl-C, or once nothing new or changed has been seen and nothing sorted for
     ``idle_timeout_s`` seconds; files still changing then are reported. The rows written so far stay.
@@ -701,17 +738,23 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
             last_active = time.monotonic()  # the idle timer starts once the processes are up
             if on_ready is not None:
                 on_ready()
+            def take(source, n):  # frames done[path] … n of source
+                path = str(source.path)
+                if n > done.get(path, 0):
+                    sources.append(dataclasses.replace(source, n_frames=n))
+                    starts.append(done.get(path, 0))
+                    done[path] = n
+
+            def take_live(path, source):  # its writer holds it in SWMR mode: the frames held a listing ago
+                before, live[path] = live.get(path), source.n_frames
+                if before is not None:
+                    take(source, min(before, source.n_frames))
+
             while True:
                 sources, starts = [], []
-
-                def take(source, n):  # frames done[path] … n of source
-                    path = str(source.path)
-                    if n > done.get(path, 0):
-                        sources.append(dataclasses.replace(source, n_frames=n))
-                        starts.append(done.get(path, 0))
-                        done[path] = n
-
                 for path in watch.ready():
+                    if path in skipped:
+                        continue
                     try:
                         source = open_source(path, dataset=dataset)
                         check_frame_size(model, source.shape, repr(path))
@@ -720,6 +763,10 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
                         continue
                     except (ValueError, OSError) as exc:
                         skip(path, str(exc))
+                        continue
+                    if source.swmr:  # held still, but its writer may add frames at any moment
+                        watch.again(path)
+                        take_live(path, source)
                         continue
                     live.pop(path, None)
                     if source.n_frames < done.get(path, 0):
@@ -734,18 +781,15 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
                         continue
                     try:
                         source = open_source(path, dataset=dataset)
-                    except (ValueError, OSError):  # locked or half-written: taken once it holds still
+                    except (ValueError, OSError):  # held by its writer, or half-written: taken once it holds still
                         continue
-                    if not source.swmr:
-                        continue
-                    try:
-                        check_frame_size(model, source.shape, repr(path))
-                    except ValueError as exc:
-                        skip(path, str(exc))
-                        continue
-                    before, live[path] = live.get(path), source.n_frames
-                    if before is not None:
-                        take(source, min(before, source.n_frames))
+                    if source.swmr:
+                        try:
+                            check_frame_size(model, source.shape, repr(path))
+                        except ValueError as exc:
+                            skip(path, str(exc))
+                            continue
+                        take_live(path, source)
                 for task in _tasks(sources, batch_size, starts):
                     job = [(sources[k], a, b) for k, a, b in task]
                     pending.append(pool.submit(_follow_worker, job) if pool else _Now(_follow_batch(model, job)))
@@ -767,7 +811,7 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
             if pool is not None:
                 pool.shutdown(wait=stopped != "interrupted", cancel_futures=stopped == "interrupted")
     for path in watch.growing():
-        warn(f"not sorted: {path!r} was still changing when the run stopped"
+        warn(f"not sorted: {path!r} was still changing, or held open by its writer, when the run stopped"
              + (f" (its first {done[path]} frames were sorted)" if done.get(path) else ""))
     return rows.summary() | {"files": len(files), "skipped": skipped, "seconds": time.monotonic() - start,
                              "stopped": stopped}

@@ -400,36 +400,58 @@ class Recorder(Fixed):
         return super().scores(images8)
 
 
-def follow_writer(tmp_path, mode, bursts, pause, poll_s=0.1, before=None):
-    """Follow a directory while :data:`HDF5_WRITER` writes ``run/frames.h5`` (``before`` is called on the file
-    once the writer has closed it, still within the run): (model, rows, result, warnings, writer's log)."""
+def wait_for_rows(out, n, timeout_s=60.0):
+    """Wait until the CSV ``out`` holds ``n`` rows below its header."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if out.exists() and len(read_rows(out)) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{out} did not reach {n} rows")
+
+
+def follow_writer(tmp_path, mode, bursts, pause, poll_s=0.1, idle_s=1.5, then=None, directory=None):
+    """Follow a directory while :data:`HDF5_WRITER` writes ``run/frames.h5``; ``then(path, out)`` is called once
+    the writer has closed it, within the run. ``directory``: what to follow, named relative to ``run`` (default:
+    ``run`` by its full path). Returns (model, rows, result, warnings, the writer's log)."""
     import subprocess
     import sys
     import threading
 
     run = tmp_path / "run"
     run.mkdir()
-    path = run / "frames.h5"
+    path, out = run / "frames.h5", tmp_path / "out.csv"
     writer = subprocess.Popen([sys.executable, "-c", HDF5_WRITER, str(path), mode, ",".join(map(str, bursts)),
                                str(pause)])
     deadline = time.monotonic() + 60
     while not (run / "frames.h5.log").exists() and time.monotonic() < deadline:  # the idle timer starts now
         time.sleep(0.01)
+    failed = []
 
-    def wait_and_append():
-        writer.wait()
-        if before is not None:
-            before(path)
+    def after_writer():
+        try:
+            writer.wait()
+            if then is not None:
+                then(path, out)
+        except BaseException as exc:  # re-raised in the test
+            failed.append(exc)
 
-    thread = threading.Thread(target=wait_and_append)
+    thread = threading.Thread(target=after_writer)
     thread.start()
     model, warned = Recorder(), []
-    result = sort.follow(model, run, tmp_path / "out.csv", batch_size=4, poll_s=poll_s, idle_timeout_s=1.5,
-                         progress=False, warn=warned.append)
+    here = os.getcwd()
+    try:
+        os.chdir(run)
+        result = sort.follow(model, run if directory is None else directory, out, batch_size=4, poll_s=poll_s,
+                             idle_timeout_s=idle_s, progress=False, warn=warned.append)
+    finally:
+        os.chdir(here)
     thread.join()
+    if failed:
+        raise failed[0]
     assert writer.returncode == 0
     log = [line.split() for line in (run / "frames.h5.log").read_text().splitlines()]
-    return model, read_rows(tmp_path / "out.csv"), result, warned, log
+    return model, read_rows(out), result, warned, log
 
 
 def test_follow_reads_an_hdf5_file_written_in_swmr_mode_as_it_grows(tmp_path):
@@ -445,32 +467,41 @@ def test_follow_reads_an_hdf5_file_written_in_swmr_mode_as_it_grows(tmp_path):
 def test_follow_waits_for_a_locked_hdf5_file_and_takes_frames_appended_later(tmp_path):
     import h5py
 
-    def append_three(path):  # the file opened again once sorted, and three frames appended
-        time.sleep(0.5)
+    def append_three(path, out):  # the file opened again once its six frames are sorted, three frames appended
+        wait_for_rows(out, 6)
         with h5py.File(path, "a") as f:
             data = f["entry/data/data"]
             data.resize((9, 16, 16))
             data[6:] = np.arange(6, 9, dtype=np.uint8)[:, None, None]
 
-    model, rows, result, warned, log = follow_writer(tmp_path, "plain", [2, 4], pause=0.6, before=append_three)
+    model, rows, result, warned, log = follow_writer(tmp_path, "plain", [2, 4], pause=0.6, then=append_three)
     closed = float(log[-1][1])
     assert warned == [] and result["skipped"] == {}  # held open past a poll: not an unreadable file
     assert [int(r["frame"]) for r in rows] == list(range(9)) and model.levels == list(range(9))
     assert min(model.times) > closed  # a locked file is read once its writer has closed it
-    assert len(model.calls) >= 2  # the three appended frames came in a later call
+    assert model.calls == [4, 2, 3]  # the six frames once closed, the three appended ones later
+
+
+def test_follow_stops_when_idle_though_a_writer_holds_a_file_open(tmp_path):
+    # two frames written, then the file held open (and locked) for 8 s: nothing changes, and the run ends idle
+    model, rows, result, warned, _ = follow_writer(tmp_path, "plain", [2], pause=8.0, idle_s=1.0)
+    assert result["stopped"] == "idle" and result["seconds"] < 6.0 and rows == [] and model.calls == []
+    assert len(warned) == 1 and "held open by its writer, when the run stopped" in warned[0]
 
 
 def test_follow_refuses_an_hdf5_file_rewritten_with_fewer_frames(tmp_path):
     import h5py
 
-    def rewrite(path):
-        time.sleep(0.5)  # sorted by then
+    def rewrite(path, out):
+        wait_for_rows(out, 5)
         with h5py.File(path, "w") as f:
             f["entry/data/data"] = np.zeros((2, 16, 16), np.uint8)
 
-    model, rows, result, warned, _ = follow_writer(tmp_path, "plain", [5], pause=0.0, before=rewrite)
-    assert [int(r["frame"]) for r in rows] == list(range(5))
+    # followed as ".": files are named alike however the directory was given
+    model, rows, result, warned, _ = follow_writer(tmp_path, "plain", [5], pause=0.0, then=rewrite, directory=".")
+    assert [int(r["frame"]) for r in rows] == list(range(5)) and rows[0]["file"] == "frames.h5"
     assert len(warned) == 1 and "holds 2 frames, fewer than the 5 sorted" in warned[0]
+    assert list(result["skipped"]) == ["frames.h5"]
 
 
 def test_bench_follow_times_a_follower_against_a_detector_writing_at_a_rate(forest, classic_tiny_set, capsys):
