@@ -180,10 +180,11 @@ def test_deepfreak(tmp_path):
     from diffranb import bench, evaluate
 
     rows = bench.speed_table(REPO / "results" / "speed")
-    if rows:  # the committed pipelines: the most accurate of those that keep up with the detector
-        kept_up = {round(r["accuracy"], 2): round(r["processes"]) for r in rows
-                   if r["processes"] >= evaluate.DETECTOR_RATE_HZ}
-        best = max(kept_up)
-        assert (values["fast_best_accuracy"], values["fast_best_rate"]) == (best, kept_up[best])
+    if rows:  # the committed pipelines: the most accurate of those that keep up with the detector (one of them,
+        # when several are equally accurate)
+        kept_up = [(round(r["accuracy"], 2), round(r["processes"])) for r in rows
+                   if r["processes"] >= evaluate.DETECTOR_RATE_HZ]
+        best = max(a for a, _ in kept_up)
+        assert (values["fast_best_accuracy"], values["fast_best_rate"]) in [(a, n) for a, n in kept_up if a == best]
     else:
         assert math.isnan(values["fast_best_accuracy"])
