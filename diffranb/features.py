@@ -440,7 +440,6 @@ def min_sum_noise(kernel: str) -> float:
     return math.sqrt(float((_kernel(kernel) ** 2).sum()) / 12.0)
 
 
-
 def _order_statistics(hist, ks) -> np.ndarray:
     """The ``ks``-th smallest (0-based) of the values counted in each row of ``hist`` (bin i holds value i).
 

@@ -161,6 +161,9 @@ def open_source(path, *, dataset: str | None = None, split: str | None = None) -
     split : {"train", "val", "test"}, optional
         diffranb sets: sort this split only (default all frames). Not used for images and arrays; an HDF5 file
         that is not a diffranb set is refused.
+
+    An HDF5 file that a writer holds open in SWMR mode is opened in that mode (:attr:`Source.swmr`: its frames
+    so far); one that a writer holds open otherwise raises :class:`Busy`, a ``ValueError``.
     """
     import h5py
 
