@@ -20,6 +20,7 @@ G. Csurka et al., "Visual categorization with bags of keypoints", ECCV workshop 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -429,12 +430,14 @@ def _kernel(kernel: str) -> np.ndarray:
     return np.array(SPOT_KERNELS[kernel], dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=None)  # called for every frame
 def sum_range(kernel: str) -> int:
     """Bound of the weighted sums (:func:`spot_sums`) of an 8-bit frame's excess over its median: they are
     whole numbers within ± (sum of the weights) × 255."""
     return int(_kernel(kernel).sum()) * (LEVELS - 1)
 
 
+@functools.lru_cache(maxsize=None)
 def min_sum_noise(kernel: str) -> float:
     """Smallest noise of a weighted sum, grey levels: the rounding of its 8-bit pixels, √(Σ w² / 12)."""
     return math.sqrt(float((_kernel(kernel) ** 2).sum()) / 12.0)

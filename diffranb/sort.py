@@ -743,9 +743,10 @@ def follow(model, directory, out, *, batch_size: int = 32, poll_s: float = 0.5, 
                 on_ready()
             def take(source, n):  # frames done[path] … n of source
                 path = str(source.path)
-                if n > done.get(path, 0):
+                first = done.get(path, 0)
+                if n > first:
                     sources.append(dataclasses.replace(source, n_frames=n))
-                    starts.append(done.get(path, 0))
+                    starts.append(first)
                     done[path] = n
 
             def take_live(path, source):  # its writer holds it in SWMR mode: the frames held a listing ago
