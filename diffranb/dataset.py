@@ -531,6 +531,24 @@ def _log_uniform(rng, lo, hi):
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+#: Significant digits kept of the quantities a frame derives by floating-point arithmetic from its draws
+#: (:func:`_derived`).
+DERIVED_DIGITS = 10
+
+
+def _derived(x: float) -> float:
+    """A derived quantity, rounded to :data:`DERIVED_DIGITS` significant digits before it is used or recorded.
+
+    numpy picks its SIMD loops for the CPU it runs on, and its AVX-512 loops for exp and cbrt round some results
+    differently in the last bit from its AVX2 loops. Those bits reach the crystal's size, its number of blocks
+    and the photon totals (one full build on each kind of CPU disagreed in 7,209 crystal sizes), and so the
+    content hash, though every frame and label agreed. Rounded to ten digits, far below any physical
+    uncertainty, a value differs between the two only when a last-bit difference straddles a rounding
+    boundary: about once in 10⁶ values.
+    """
+    return float(f"{x:.{DERIVED_DIGITS}g}")
+
+
 def draw_run(seed: int, run: int, *, pixels: int = 512, ranges: Ranges = Ranges()) -> dict:
     """The beamline setup of run ``run``: wavelength, distance, beam centre, air, noise level, beamstop.
 
@@ -611,14 +629,14 @@ def draw_frame(seed: int, index: int, target: str, *, pixels: int = 512, ranges:
             crystal_target = ("weak", "good", "strong")[int(rng.integers(3))]
     scene = scene_from_params(p, pixels, r)
     background = background_photons(scene.background, scene.beam, scene.detector)
-    p["background_photons"] = float(background.mean())
+    p["background_photons"] = _derived(float(background.mean()))
     table = None
     if crystal_target is not None:
         p["has_crystal"] = 1
         table = _draw_crystal(rng, p, crystal_target, scene, background, pixels, r, cuts)
         n_sig, d_min = count_significant(table, p["n_blocks"])
         p.update(n_significant=n_sig, resolution_A=d_min, n_reflections=len(table["h"]),
-                 bragg_photons=float(table["photons_per_block"].sum() * p["n_blocks"]))
+                 bragg_photons=_derived(float(table["photons_per_block"].sum()) * p["n_blocks"]))
     if target == ICE:
         # The ice image is proportional to its thickness: solve for the thinnest ice that shows rings.
         transmission = beamstop_transmission(scene.response, scene.detector)
@@ -630,8 +648,8 @@ def draw_frame(seed: int, index: int, target: str, *, pixels: int = 512, ranges:
             other = background + _bragg_image(scene_from_params(p, pixels, r))
         t_min = _ice_thickness_for(unit, other, read, transmission, cuts.ice_contrast)
         lo_t, hi_t = max(r.ice_thickness_um[0], t_min), r.ice_thickness_um[1]
-        p["ice_thickness_um"] = _log_uniform(rng, lo_t, hi_t) if lo_t < hi_t else hi_t
-        p["ice_contrast"] = ice_ring_contrast(p["ice_thickness_um"] * unit, other, read, transmission)
+        p["ice_thickness_um"] = _derived(_log_uniform(rng, lo_t, hi_t) if lo_t < hi_t else hi_t)
+        p["ice_contrast"] = _derived(ice_ring_contrast(p["ice_thickness_um"] * unit, other, read, transmission))
     return scene_from_params(p, pixels, r), p
 
 
@@ -687,8 +705,8 @@ def _draw_crystal(rng, p, target, scene, background, pixels, r: Ranges, cuts: Cu
             else:  # nothing reaches the interval: keep the size nearest to it
                 blocks = size_lo ** 3 / block_volume_um3 if need_hi <= size_lo ** 3 / block_volume_um3 \
                     else size_hi ** 3 / block_volume_um3
-            p["n_blocks"] = blocks
-            p["crystal_size_um"] = float(np.cbrt(blocks * block_volume_um3))
+            p["n_blocks"] = _derived(blocks)
+            p["crystal_size_um"] = _derived(float(np.cbrt(p["n_blocks"] * block_volume_um3)))
             return table
     raise AssertionError("unreachable")
 

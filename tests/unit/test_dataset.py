@@ -198,6 +198,27 @@ def test_an_existing_scheduler_is_used_by_its_address(tiny, tmp_path):
     assert sha256(remote) == sha256(tiny)
 
 
+def _numpy_avx512():
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    return bool(__cpu_features__.get("X86_V4"))
+
+
+@pytest.mark.skipif(not _numpy_avx512(), reason="numpy runs its AVX-512 loops only on a CPU that has AVX-512")
+def test_numpy_avx512_and_avx2_loops_give_the_same_file(tiny, tmp_path):
+    # numpy reads NPY_DISABLE_CPU_FEATURES when it is imported: a new process builds the set with the AVX2
+    # loops, as on a CPU without AVX-512, and this one (the fixture) with the AVX-512 loops.
+    out = tmp_path / "avx2.h5"
+    code = (f"from diffranb import dataset\n"
+            f"dataset.build(24, 3, {str(out)!r}, workers=0, pixels=64, progress=False)\n")
+    env = os.environ | {"NPY_DISABLE_CPU_FEATURES": "X86_V4"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    with dataset.open_dataset(out) as avx2, dataset.open_dataset(tiny) as avx512:
+        assert np.array_equal(avx2.images[:], avx512.images[:])  # the frames never differed
+        assert avx2.content_sha256 == avx512.content_sha256
+    assert sha256(out) == sha256(tiny)
+
+
 def test_a_killed_build_resumes_to_the_same_file(tmp_path):
     out = tmp_path / "killed.h5"
     code = (f"from diffranb import dataset\n"
