@@ -275,7 +275,7 @@ def classic(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int
     out["predict_frames_per_s_1core"] = n / predict
     out["frames_per_s_1core"] = n / (extract + predict)
     if fitted.config.extractor == "spots":
-        out.update(_spot_noise_rates(frames, fitted.config.window))
+        out.update(_spot_noise_rates(frames, features.spot_windows(fitted.config.window)[0]))
     out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(fitted, frames, workers, batch)
     return out
 

@@ -95,8 +95,10 @@ class ClassicConfig:
         LBP circle radius (:data:`diffranb.features.LBP_RADII`).
     words : int
         SIFT vocabulary size (:data:`diffranb.features.SIFT_WORDS`).
-    window : int, pixels
-        Median-background window of the spot statistics (:data:`diffranb.features.SPOT_WINDOWS`).
+    window : int or tuple of int, pixels
+        Median-background window of the spot statistics (:data:`diffranb.features.SPOT_WINDOWS`), or a set of
+        them whose statistics are put side by side (kept in the order of ``SPOT_WINDOWS``; a set of one is
+        that window).
     classifier : {"rf", "svm"}
     C : float
         SVM penalty, dimensionless (:data:`SVM_C`).
@@ -120,7 +122,7 @@ class ClassicConfig:
     points: int = 8  # samples
     radius: int = 1  # pixels
     words: int = 100  # visual words
-    window: int = 5  # pixels
+    window: object = 5  # pixels, or a tuple of them
     classifier: str = "rf"
     C: float = 1.0  # dimensionless
     gamma: float = 2.0 ** -5  # dimensionless, on standardised features
@@ -140,7 +142,12 @@ class ClassicConfig:
         _check_in("points", self.points, features.LBP_POINTS)
         _check_in("radius", self.radius, features.LBP_RADII)
         _check_in("words", self.words, features.SIFT_WORDS)
-        _check_in("window", self.window, features.SPOT_WINDOWS)
+        try:
+            windows = features.spot_windows(self.window)
+        except ValueError:
+            raise ValueError(f"ClassicConfig.window = {self.window!r}: must be one of {features.SPOT_WINDOWS} "
+                             "or a non-empty set of them") from None
+        object.__setattr__(self, "window", windows[0] if len(windows) == 1 else windows)
         _check_in("classifier", self.classifier, CLASSIFIERS)
         for name in ("C", "gamma"):
             value = getattr(self, name)

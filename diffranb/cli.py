@@ -173,7 +173,8 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--points", type=int, default=d.points, help="LBP samples P")
     p.add_argument("--radius", type=int, default=d.radius, help="LBP radius R (px)")
     p.add_argument("--words", type=int, default=d.words, help="SIFT vocabulary size")
-    p.add_argument("--window", type=int, default=d.window, help="spot statistics: median-background window (px)")
+    p.add_argument("--window", type=_ints, default=d.window,
+                   help="spot statistics: median-background window (px), or several side by side, e.g. 5,9")
     p.add_argument("--classifier", choices=classic.CLASSIFIERS, default=d.classifier)
     p.add_argument("--C", type=float, default=d.C, help="SVM penalty")
     p.add_argument("--gamma", type=float, default=d.gamma, help="SVM RBF γ (standardised features)")

@@ -652,13 +652,27 @@ def spot_names() -> list:
     return names + list(SPOT_STATS)
 
 
-def spot_columns(window: int) -> np.ndarray:
-    """Columns of the full spot block (every window of :data:`SPOT_WINDOWS`, in order) of one window."""
-    if window not in SPOT_WINDOWS:
-        raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
+def spot_windows(window) -> tuple:
+    """``window`` as a tuple of median windows in the order of :data:`SPOT_WINDOWS`: one window (an int) or a
+    non-empty set of them (a sequence), whose statistics are put side by side."""
+    windows = (window,) if isinstance(window, (int, np.integer)) and not isinstance(window, bool) else window
+    try:
+        windows = tuple(windows)
+    except TypeError:
+        windows = ()
+    if (not windows or len(set(windows)) != len(windows)
+            or not all(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w in SPOT_WINDOWS
+                       for w in windows)):
+        raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS} or a non-empty set of them")
+    return tuple(w for w in SPOT_WINDOWS if w in windows)
+
+
+def spot_columns(window) -> np.ndarray:
+    """Columns of the full spot block (every window of :data:`SPOT_WINDOWS`, in order) of one window, or of a
+    set of them side by side (:func:`spot_windows`)."""
     width = len(spot_names())
-    start = SPOT_WINDOWS.index(window) * width
-    return np.arange(start, start + width)
+    return np.concatenate([np.arange(SPOT_WINDOWS.index(w) * width, (SPOT_WINDOWS.index(w) + 1) * width)
+                           for w in spot_windows(window)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -792,12 +806,13 @@ def extract(kind: str, images, **params) -> np.ndarray:
     **params
         glcm: ``distances`` (pixels) and ``angles`` (degrees), default the whole search space;
         lbp: ``points`` and ``radius``; sift: ``vocabulary``, a fitted :class:`Vocabulary`; spots:
-        ``window`` (default 5) and ``mask`` (:func:`detector_mask`; default None, no pixel masked).
+        ``window`` (default 5; or a set of windows, :func:`spot_windows`, whose statistics are put side by side)
+        and ``mask`` (:func:`detector_mask`; default None, no pixel masked).
 
     Returns
     -------
     (n, d) float64
-        d = 6·len(distances)·len(angles) for glcm, P + 2 for lbp, k for sift, 25 for spots.
+        d = 6·len(distances)·len(angles) for glcm, P + 2 for lbp, k for sift, 25 per window for spots.
     """
     images = np.asarray(images)
     if images.ndim != 3:
@@ -820,10 +835,10 @@ def extract(kind: str, images, **params) -> np.ndarray:
         stacked = np.concatenate(descriptors) if descriptors else np.zeros((0, 128), np.uint8)
         return vocabulary.histograms(stacked, offsets).astype(np.float64)
     if kind == "spots":
-        window, mask = params.pop("window", SPOT_WINDOWS[0]), params.pop("mask", None)
+        windows, mask = spot_windows(params.pop("window", SPOT_WINDOWS[0])), params.pop("mask", None)
         _no_more(kind, params)
-        return np.stack([spot_features(im, window, mask) for im in images]) if len(images) else \
-            np.zeros((0, len(spot_names())))
+        return np.stack([np.concatenate([spot_features(im, w, mask) for w in windows]) for im in images]) \
+            if len(images) else np.zeros((0, len(windows) * len(spot_names())))
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
 
@@ -837,7 +852,10 @@ def feature_names(kind: str, **params) -> list:
     if kind == "sift":
         return [f"word {w}" for w in range(params["k"])]
     if kind == "spots":
-        return spot_names()
+        window = params.get("window", SPOT_WINDOWS[0])
+        if isinstance(window, (int, np.integer)):
+            return spot_names()
+        return [f"w{w} {name}" for w in spot_windows(window) for name in spot_names()]
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
 
@@ -1092,7 +1110,8 @@ class FeatureStore:
 
         ``glcm``: ``distances``, ``angles`` (a column selection of the cached block); ``lbp``: ``points``,
         ``radius`` (likewise); ``sift``: ``k``, optional ``seed`` (histograms cached per vocabulary);
-        ``spots``: ``window`` (a column selection), ``mask`` (as for :meth:`block`; default the set's own).
+        ``spots``: ``window`` (one or a set, :func:`spot_windows`: a column selection), ``mask`` (as for
+        :meth:`block`; default the set's own).
         """
         if kind == "glcm":
             cols = glcm_columns(params.get("distances", GLCM_DISTANCES), params.get("angles", GLCM_ANGLES))

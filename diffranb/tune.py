@@ -47,6 +47,11 @@ def _subsets(values) -> list[tuple]:
     return [c for r in range(1, len(values) + 1) for c in combinations(values, r)]
 
 
+#: The spot statistics' median windows the search chooses among: one window, or any set of them side by side
+#: (their statistics concatenated, :func:`diffranb.features.spot_windows`).
+SPOT_WINDOW_CHOICES = _subsets(features.SPOT_WINDOWS)
+
+
 def space(extractors=features.PAPER_KINDS):
     """The joint search space of DiffraNet's Table 7, as a Hyperopt expression.
 
@@ -56,8 +61,8 @@ def space(extractors=features.PAPER_KINDS):
     ----------
     extractors : tuple of str
         The extractors to search, in this order: by default the paper's three; ``"spots"`` (the spot
-        statistics of :func:`diffranb.features.spot_features`, window ∈ :data:`~diffranb.features.SPOT_WINDOWS`)
-        goes beyond it.
+        statistics of :func:`diffranb.features.spot_features`, with any non-empty set of the median windows
+        :data:`~diffranb.features.SPOT_WINDOWS`, :data:`SPOT_WINDOW_CHOICES`) goes beyond it.
     """
     from hyperopt import hp
 
@@ -73,7 +78,7 @@ def space(extractors=features.PAPER_KINDS):
         "lbp": lambda: {"extractor": "lbp", "points": hp.choice("points", features.LBP_POINTS),
                         "radius": hp.choice("radius", features.LBP_RADII)},
         "sift": lambda: {"extractor": "sift", "words": hp.choice("words", features.SIFT_WORDS)},
-        "spots": lambda: {"extractor": "spots", "window": hp.choice("window", features.SPOT_WINDOWS)},
+        "spots": lambda: {"extractor": "spots", "window": hp.choice("window", SPOT_WINDOW_CHOICES)},
     }
     extractors = check_extractors(extractors)
     extractor = hp.choice("extractor", [options[name]() for name in extractors])
@@ -203,6 +208,7 @@ def _header(store, seed, timeout_s, extractors) -> dict:
     return {"format": FORMAT, "dataset_sha256": store.content_sha256, "data": str(store.data), "seed": seed,
             "space": space_name, "extractors": list(extractors),
             "extractor_versions": {k: features.EXTRACTOR_VERSIONS[k] for k in extractors},
+            **({"spot_windows": [list(w) for w in SPOT_WINDOW_CHOICES]} if "spots" in extractors else {}),
             "startup_trials": STARTUP_TRIALS,
             "timeout_s": timeout_s, "diffranb_version": __version__}
 
@@ -287,9 +293,11 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         record = load_trials(out)
         record.setdefault("extractors", list(features.PAPER_KINDS))  # files written before the option
         record.setdefault("extractor_versions", {k: 1 for k in record["extractors"]})  # ... before versions
-        for key in ("dataset_sha256", "seed", "extractors", "extractor_versions"):
-            if record[key] != header[key]:
-                raise ValueError(f"{str(out)!r} was run with {key} = {record[key]!r}, not {header[key]!r}: "
+        if "spots" in record["extractors"]:  # ... and before sets of windows, when each was a choice alone
+            record.setdefault("spot_windows", [[w] for w in features.SPOT_WINDOWS])
+        for key in ("dataset_sha256", "seed", "extractors", "extractor_versions", "spot_windows"):
+            if record.get(key) != header.get(key):
+                raise ValueError(f"{str(out)!r} was run with {key} = {record.get(key)!r}, not {header.get(key)!r}: "
                                  "choose another file to start a new search")
         record["timeout_s"] = timeout_s  # the limit of the latest session (a resumed search may change it)
     else:

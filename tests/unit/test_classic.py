@@ -16,7 +16,8 @@ def store(tiny_set, tmp_path_factory):
 @pytest.mark.parametrize("field, value", [("extractor", "hog"), ("distances", ()), ("distances", (1, 3)),
                                           ("angles", (0, 0)), ("points", 6), ("classifier", "knn"), ("C", 0.0),
                                           ("max_features", 2.0), ("max_depth", 0), ("class_weight", "heavy"),
-                                          ("window", 4)])
+                                          ("window", 4), ("window", ()), ("window", (5, 5)), ("window", (5, 6)),
+                                          ("window", True)])
 def test_config_refuses_values_outside_the_space(field, value):
     with pytest.raises(ValueError, match=f"ClassicConfig.{field}"):
         classic.ClassicConfig(**{field: value})
@@ -32,6 +33,11 @@ def test_config_round_trips_through_json_with_only_its_own_fields():
     d = json.loads(json.dumps(spots.to_dict()))
     assert d["window"] == 7 and "points" not in d and classic.ClassicConfig.from_dict(d) == spots
     assert spots.label() == "RF+SPOTS"
+    both = classic.ClassicConfig(extractor="spots", window=[9, 5], n_estimators=10)
+    assert both.window == (5, 9)  # a set of windows, in the order of SPOT_WINDOWS
+    d = json.loads(json.dumps(both.to_dict()))
+    assert d["window"] == [5, 9] and classic.ClassicConfig.from_dict(d) == both
+    assert classic.ClassicConfig(extractor="spots", window=(7,)) == classic.ClassicConfig(extractor="spots", window=7)
 
 
 def test_class_weights_follow_the_label_codes():
@@ -51,7 +57,8 @@ def test_search_space_grids_are_the_papers():
     classic.ClassicConfig(extractor="lbp", points=8, radius=1, classifier="svm", C=2.0, gamma=2**-3),
     classic.ClassicConfig(extractor="sift", words=10, n_estimators=10, max_depth=4),
     classic.ClassicConfig(extractor="spots", window=7, n_estimators=10),
-], ids=lambda c: c.label())
+    classic.ClassicConfig(extractor="spots", window=(5, 9), n_estimators=10),
+], ids=lambda c: c.label() + (f"-{c.window}" if c.extractor == "spots" else ""))
 def test_saved_model_loads_without_pickle_and_predicts_the_same(config, store, tiny_set, tmp_path):
     model = classic.train(config, store, n_jobs=1)
     path = classic.save_model(model, tmp_path / "model")

@@ -266,6 +266,15 @@ def test_spot_block_holds_every_window():
     for w in features.SPOT_WINDOWS:
         np.testing.assert_array_equal(block[0, features.spot_columns(w)], features.spot_features(image, w))
     np.testing.assert_array_equal(features.extract("spots", image[None]), block[:, features.spot_columns(5)])
+    both = features.extract("spots", image[None], window=(9, 5))  # a set of windows, side by side, in order
+    np.testing.assert_array_equal(both, block[:, np.r_[features.spot_columns(5), features.spot_columns(9)]])
+    np.testing.assert_array_equal(features.spot_columns((5, 9)), np.r_[features.spot_columns(5),
+                                                                       features.spot_columns(9)])
+    names = features.feature_names("spots", window=(5, 9))
+    assert len(names) == both.shape[1] == 50 and names[0].startswith("w5 ") and names[25].startswith("w9 ")
+    for bad in ((), (5, 5), (5, 4), 4):
+        with pytest.raises(ValueError, match="window"):
+            features.extract("spots", image[None], window=bad)
 
 
 def _detector_frames(n, *, lit=True, seed=0, shape=(96, 96)):

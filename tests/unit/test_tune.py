@@ -24,8 +24,10 @@ def test_the_space_can_hold_the_spot_statistics_alone_or_beside_the_papers():
     from hyperopt.pyll.stochastic import sample
 
     rng = np.random.default_rng(1)
-    seen = {tune.config_from_sample(sample(tune.space(("spots",)), rng=rng)).label() for _ in range(60)}
-    assert seen == {"RF+SPOTS", "SVM+SPOTS"}
+    configs = [tune.config_from_sample(sample(tune.space(("spots",)), rng=rng)) for _ in range(100)]
+    assert {c.label() for c in configs} == {"RF+SPOTS", "SVM+SPOTS"}
+    # one median window, or any set of them side by side
+    assert {c.window for c in configs} == {5, 7, 9, (5, 7), (5, 9), (7, 9), (5, 7, 9)}
     seen = {tune.config_from_sample(sample(tune.space(features.KINDS), rng=rng)).extractor for _ in range(200)}
     assert seen == set(features.KINDS)
     for bad in ((), ("glcm", "glcm"), ("hog",)):
@@ -64,6 +66,19 @@ def test_interrupted_search_resumes_exactly(tiny_set, tmp_path):
     part.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="extractor_versions"):
         tune.run(tiny_set, part, **(kw | {"n_trials": 6}))
+
+
+def test_a_spot_search_of_single_windows_is_not_resumed_with_sets_of_them(tiny_set, tmp_path):
+    kw = {"n_trials": 2, "seed": 0, "cache_dir": tmp_path / "cache", "timeout_s": 60, "workers": 1,
+          "progress": False, "extractors": ("spots",)}
+    out = tmp_path / "spots.json"
+    record = tune.run(tiny_set, out, stop_after=1, **kw)
+    assert record["spot_windows"] == [list(w) for w in tune.SPOT_WINDOW_CHOICES]
+    saved = json.loads(out.read_text())
+    del saved["spot_windows"]  # as written before sets of windows: each window was a choice alone
+    out.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="spot_windows"):
+        tune.run(tiny_set, out, **kw)
 
 
 def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):
