@@ -110,7 +110,8 @@ def test_feature_extractors(tmp_path):
 def test_classic_tuning(tmp_path):
     values = run_chapter("04_classic_tuning", tmp_path, N_IMAGES=60, PIXELS=128, N_TRIALS=6, N_SPOT_TRIALS=4,
                          DATA_DIR=str(tmp_path), FULL_RESULTS=str(REPO / "results" / "classic"),
-                         SPOT_RESULTS=str(REPO / "results" / "classic-spots"))
+                         SPOT_RESULTS=str(REPO / "results" / "classic-spots"),
+                         WINDOW_RESULTS=str(REPO / "results" / "classic-spots-windows"))
     print(f"chapter 4: 6 trials in {values['search_seconds']} s, best {values['best_label']}")
     assert values["n_trials"] == 6 and sum(values["trials_by_label"].values()) == 6
     assert values["space_size"] == "470,450"
@@ -126,6 +127,11 @@ def test_classic_tuning(tmp_path):
     if spot_metrics.is_file():  # the committed full-scale figure, shown as it is
         committed = json.loads(spot_metrics.read_text())["methods"]["best"]["test"]["accuracy"]
         assert values["spots_full_accuracy"] == round(100 * committed, 2)
+    window_metrics = REPO / "results" / "classic-spots-windows" / "metrics.json"
+    if window_metrics.is_file():
+        committed = json.loads(window_metrics.read_text())["methods"]["best"]
+        assert values["windows_full_accuracy"] == round(100 * committed["test"]["accuracy"], 2)
+        assert values["windows_full_choice"].endswith(" px")
 
 
 #: The committed full-scale DeepFreak runs chapter 5 compares with BOHB's winner.
