@@ -532,8 +532,10 @@ def _log_uniform(rng, lo, hi):
 
 
 #: Significant digits kept of the quantities a frame derives by floating-point arithmetic from its draws
-#: (:func:`_derived`).
+#: (:func:`_derived`), and the columns that hold them.
 DERIVED_DIGITS = 10
+DERIVED_COLUMNS = ("n_blocks", "crystal_size_um", "bragg_photons", "background_photons", "ice_thickness_um",
+                   "ice_contrast")
 
 
 def _derived(x: float) -> float:
@@ -541,7 +543,7 @@ def _derived(x: float) -> float:
 
     numpy picks its SIMD loops for the CPU it runs on, and its AVX-512 loops for exp and cbrt round some results
     differently in the last bit from its AVX2 loops. Those bits reach the crystal's size, its number of blocks
-    and the photon totals (one full build on each kind of CPU disagreed in 7,209 crystal sizes), and so the
+    and the photon totals (a full build with each kind of loop disagreed in 7,209 crystal sizes), and so the
     content hash, though every frame and label agreed. Rounded to ten digits, far below any physical
     uncertainty, a value differs between the two only when a last-bit difference straddles a rounding
     boundary: about once in 10⁶ values.
@@ -1104,7 +1106,7 @@ def build(n_images: int, seed: int, out, *, classes=CLASSES, shares=None, pixels
         return out
     bounds = shard_bounds(config.n_images, shard_size)
     manifest = {"format": FORMAT, "diffranb_version": _version(), "config": json.loads(config.to_json()),
-                "shards": bounds}
+                "shards": bounds, "derived_digits": DERIVED_DIGITS}
     _claim_parts(parts, manifest)
     for stale in parts.glob("*.tmp-*"):
         stale.unlink()
@@ -1174,6 +1176,13 @@ def _check_existing(out: Path, config: BuildConfig) -> None:
     if found != wanted:
         raise ValueError(f"out = {str(out)!r} exists, built with other parameters ({_differences(found, wanted)}): "
                          "remove it or choose another path")
+    with h5py.File(out, "r") as f:
+        derived = np.concatenate([f["params"][name][:] for name in DERIVED_COLUMNS])
+    derived = derived[np.isfinite(derived)]
+    if not all(x == _derived(float(x)) for x in derived):
+        raise ValueError(f"out = {str(out)!r} was built by an earlier diffranb, which did not round the quantities "
+                         f"a frame derives to {DERIVED_DIGITS} digits (its frames are the same, its content hash is "
+                         "not): remove it to rebuild")
 
 
 def _run_shards(config, targets, parts, todo, workers, scheduler, progress) -> None:

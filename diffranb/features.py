@@ -852,10 +852,10 @@ def feature_names(kind: str, **params) -> list:
     if kind == "sift":
         return [f"word {w}" for w in range(params["k"])]
     if kind == "spots":
-        window = params.get("window", SPOT_WINDOWS[0])
-        if isinstance(window, (int, np.integer)):
+        windows = spot_windows(params.get("window", SPOT_WINDOWS[0]))
+        if len(windows) == 1:
             return spot_names()
-        return [f"w{w} {name}" for w in spot_windows(window) for name in spot_names()]
+        return [f"w{w} {name}" for w in windows for name in spot_names()]
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
 
 

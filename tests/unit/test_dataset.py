@@ -198,6 +198,24 @@ def test_an_existing_scheduler_is_used_by_its_address(tiny, tmp_path):
     assert sha256(remote) == sha256(tiny)
 
 
+def test_derived_quantities_are_rounded_and_an_unrounded_build_is_not_taken_for_one(tiny, tmp_path):
+    with h5py.File(tiny, "r") as f:
+        columns = {name: f["params"][name][:] for name in dataset.DERIVED_COLUMNS}
+    assert np.isfinite(columns["n_blocks"]).any() and (columns["bragg_photons"] > 0).any()
+    for name, values in columns.items():  # every derived column holds what _derived leaves unchanged
+        finite = values[np.isfinite(values)]
+        assert all(x == float(f"{x:.{dataset.DERIVED_DIGITS}g}") for x in finite), name
+    # a file built before the rounding (same parameters and version) is refused, not returned as this build
+    old = tmp_path / "old.h5"
+    old.write_bytes(tiny.read_bytes())
+    with h5py.File(old, "r+") as f:
+        blocks = f["params/n_blocks"]
+        first = int(np.flatnonzero(np.isfinite(blocks[:]))[0])
+        blocks[first] = np.nextafter(blocks[first], np.inf)
+    with pytest.raises(ValueError, match="earlier diffranb"):
+        dataset.build(24, 3, old, workers=0, **TINY)
+
+
 def _numpy_avx512():
     from numpy._core._multiarray_umath import __cpu_features__
 
