@@ -17,6 +17,7 @@ https://doi.org/10.1007/BF00994018
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -264,9 +265,35 @@ class ClassicModel:
             params = {"vocabulary": self.vocabulary}
         return features.extract(self.config.extractor, images8, **params)
 
+    def feature_key(self) -> tuple:
+        """What the features of :meth:`transform` depend on, hashable: two models with the same key compute the
+        same features from the same frames (a stacked model of both extracts them once)."""
+        params = self.config.feature_params()
+        key = (self.config.extractor, repr(sorted(params.items())))
+        if self.config.extractor == "spots":
+            key += (features.mask_digest(self.mask),)
+        if self.config.extractor == "sift":
+            key += (hashlib.sha256(np.ascontiguousarray(self.vocabulary.centres).tobytes()).hexdigest(),)
+        return key
+
     def predict(self, images8) -> np.ndarray:
         """Label codes of a (n, M, N) uint8 batch, (n,) int64."""
         return self.pipeline.predict(self.transform(images8)).astype(np.int64)
+
+    def decision(self, x) -> np.ndarray:
+        """An SVM pipeline's one-vs-rest decision values for features ``x`` (:meth:`transform`), (n, n_classes)
+        float64 in the order of :attr:`classes` (0 for a class the training frames did not hold): scikit-learn's
+        vote counts of the one-vs-one classifiers, shifted by their confidences; the largest is the class
+        :meth:`predict` gives. Forests have no decision values (``ValueError``)."""
+        from .evaluate import class_columns
+
+        if self.config.classifier != "svm":
+            raise ValueError(f"{self.config.label()}: decision values are an SVM's; a forest has vote shares "
+                             "(scores)")
+        values = np.asarray(self.pipeline.decision_function(np.asarray(x, dtype=np.float64)), dtype=np.float64)
+        if values.ndim == 1:  # two classes: one decision, positive for the second
+            values = np.stack([-values, values], axis=1)
+        return class_columns(values, self.pipeline.classes_, self.classes)
 
     def scores(self, images8) -> np.ndarray:
         """Class probabilities of a (n, M, N) uint8 batch, (n, n_classes) float64 in the order of

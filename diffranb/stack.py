@@ -1,9 +1,10 @@
-"""Stacked models: one logistic regression on the class probabilities of several saved models.
+"""Stacked models: one logistic regression on how sure several saved models are of each class.
 
 The spot statistics of a hit finder and DeepFreak miss different frames: the spot counts place the crystal
-classes better, the network tells weak frames from empty ones better (``results/``). A stacked model asks
-every *member* (any saved model with class probabilities: classic pipelines and DeepFreak networks) for its
-probabilities, takes their logarithms, and lets a multinomial logistic regression (scikit-learn's, on
+classes better, the network tells weak frames from empty ones better (``results/``); a forest and an SVM on the
+same spot statistics also err on different frames. A stacked model asks every *member* (any saved classic
+pipeline or DeepFreak network) how sure it is of each class: the logarithms of its class probabilities, or an
+SVM's decision values (:func:`member_inputs`), and lets a multinomial logistic regression (scikit-learn's, on
 standardised inputs) decide.
 
 The members learnt the training frames, where they are more confident than anywhere else, so the regression
@@ -35,6 +36,9 @@ import numpy as np
 KIND = "stacked"
 #: Probabilities are clipped to at least this before their logarithm (a member may be certain).
 PROBABILITY_FLOOR = 1e-6
+#: Version of what the combiner learns from (:func:`member_inputs`), recorded in ``model.json``. 2: an SVM
+#: member gives its decision values (1: the logarithm of its 0-or-1 vote; such stacks are refused on loading).
+MEMBER_INPUTS = 2
 #: The objects a saved combiner may hold (besides plain builtins and numpy data).
 TRUSTED_OBJECTS = frozenset({"sklearn.pipeline.Pipeline", "sklearn.preprocessing._data.StandardScaler",
                              "sklearn.linear_model._logistic.LogisticRegression"})
@@ -54,14 +58,40 @@ def member_digest(path) -> str:
 
 
 def member_inputs(members, images8) -> np.ndarray:
-    """The combiner's inputs for a (n, M, N) uint8 batch: every member's log-probabilities side by side,
-    (n, Σ n_classes) float64."""
-    return np.hstack([np.log(np.clip(np.asarray(m.scores(images8), dtype=np.float64), PROBABILITY_FLOOR, 1.0))
-                      for m in members])
+    """The combiner's inputs for a (n, M, N) uint8 batch, every member's side by side, (n, Σ n_classes)
+    float64: the logarithms of a member's class probabilities (a forest's vote shares, a network's softmax),
+    floored at :data:`PROBABILITY_FLOOR`, or an SVM's one-vs-rest decision values
+    (:meth:`diffranb.classic.ClassicModel.decision`), which say how sure it is where its 0-or-1 vote would not.
+    Classic members that compute the same features (:meth:`~diffranb.classic.ClassicModel.feature_key`) share
+    one extraction."""
+    from .evaluate import class_columns
+
+    shared, blocks = {}, []
+    for m in members:
+        if getattr(m, "kind", None) != "classic":
+            blocks.append(np.log(np.clip(np.asarray(m.scores(images8), dtype=np.float64), PROBABILITY_FLOOR, 1.0)))
+            continue
+        key = m.feature_key()
+        if key not in shared:
+            shared[key] = np.asarray(m.transform(images8), dtype=np.float64)
+        x = shared[key]
+        if m.config.classifier == "svm":
+            blocks.append(m.decision(x))
+        else:
+            proba = class_columns(m.pipeline.predict_proba(x), m.pipeline.classes_, m.classes)
+            blocks.append(np.log(np.clip(proba, PROBABILITY_FLOOR, 1.0)))
+    return np.hstack(blocks)
+
+
+def _needs_refit(info: dict, members) -> bool:
+    """Whether a saved combiner learnt from inputs this version no longer gives its members: before
+    :data:`MEMBER_INPUTS` 2, an SVM member entered as the logarithm of its 0-or-1 vote."""
+    return info.get("member_inputs", 1) < 2 and any(
+        getattr(m, "kind", None) == "classic" and m.config.classifier == "svm" for m in members)
 
 
 class StackedModel:
-    """A logistic regression over the log-probabilities of its members.
+    """A logistic regression over its members' log-probabilities and SVM decision values (:func:`member_inputs`).
 
     Attributes
     ----------
@@ -188,7 +218,8 @@ def save_model(model: StackedModel, path) -> Path:
     members = [{"path": os.path.relpath(p.resolve(), path.resolve()), "kind": m.kind,
                 "files_sha256": member_digest(p)} for p, m in zip(model.member_paths, model.members)]
     info = {"kind": KIND, "classes": list(model.classes), "dataset_hash": model.dataset_hash,
-            "diffranb_version": __version__, "label": model.label(), "members": members}
+            "diffranb_version": __version__, "label": model.label(), "members": members,
+            "member_inputs": MEMBER_INPUTS}
     (path / "model.json").write_text(json.dumps(info | model.info, indent=2))
     return path
 
@@ -223,6 +254,10 @@ def load_model(path) -> StackedModel:
                              f"{list(member.classes)}, not the {entry['kind']} model of {info['classes']} recorded")
         paths.append(p)
         members.append(member)
+    if _needs_refit(info, members):
+        raise ValueError(f"{str(path)!r}: the combiner was fitted by diffranb {info.get('diffranb_version')} on an "
+                         "SVM member's 0-or-1 vote; it now learns from the SVM's decision values: fit it again "
+                         "(diffranb train stacked)")
     extra = {k: v for k, v in info.items() if k not in ("kind", "classes", "dataset_hash", "diffranb_version",
-                                                        "label", "members")}
+                                                        "label", "members", "member_inputs")}
     return StackedModel(members, paths, combiner, info["classes"], info["dataset_hash"], extra)

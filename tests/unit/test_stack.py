@@ -143,3 +143,51 @@ def test_a_class_missing_from_the_fitting_split_is_warned_about(members, tiny_se
     monkeypatch.setattr(dataset, "open_dataset", relabelled)
     with pytest.warns(UserWarning, match="no strong frame"):
         stack.fit([members["spots"], members["svm"]], tiny_set, progress=False)
+
+
+def test_an_svm_member_gives_its_decision_values_and_members_share_their_features(members, tiny_set, tmp_path,
+                                                                                  monkeypatch):
+    forest, svm = evaluate.load_model(members["spots"]), evaluate.load_model(members["svm"])
+    with dataset.open_dataset(tiny_set) as ds:
+        images = dataset.to_8bit(ds.images[:30])
+    x = stack.member_inputs([forest, svm], images)
+    decision = svm.decision(svm.transform(images))
+    np.testing.assert_array_equal(x[:, 5:], decision)
+    assert len(np.unique(decision)) > 10  # how sure, not a 0-or-1 vote
+    np.testing.assert_array_equal([dataset.ALL_CLASSES.index(svm.classes[k]) for k in decision.argmax(axis=1)],
+                                  svm.predict(images))
+    with pytest.raises(ValueError, match="forest"):
+        forest.decision(forest.transform(images))
+    # a spot SVM and the spot forest compute the same features: one extraction serves both
+    store = features.FeatureStore(tiny_set, tmp_path / "cache", workers=0, progress=False)
+    spot_svm = classic.train(classic.ClassicConfig(extractor="spots", classifier="svm", C=8.0), store, n_jobs=1)
+    spot_svm.mask = forest.mask
+    assert spot_svm.feature_key() == forest.feature_key() != svm.feature_key()
+    other_window = classic.ClassicModel(classic.ClassicConfig(extractor="spots", window=(5, 9)), forest.pipeline,
+                                        forest.classes, forest.dataset_hash, mask=forest.mask)
+    unmasked = classic.ClassicModel(forest.config, forest.pipeline, forest.classes, forest.dataset_hash, mask=None)
+    assert len({forest.feature_key(), other_window.feature_key(), unmasked.feature_key()}) == 3
+    calls = []
+    real = features.extract
+    monkeypatch.setattr(features, "extract", lambda kind, imgs, **p: calls.append(kind) or real(kind, imgs, **p))
+    shared = stack.member_inputs([forest, spot_svm, svm], images)
+    assert sorted(calls) == ["glcm", "spots"]
+    np.testing.assert_array_equal(shared[:, :5], x[:, :5])
+    np.testing.assert_array_equal(shared[:, 5:10], spot_svm.decision(real("spots", images, window=5,
+                                                                          mask=forest.mask)))
+    np.testing.assert_array_equal(shared[:, 10:], decision)
+
+
+def test_a_stack_fitted_on_an_svm_members_vote_is_refused_and_others_still_load(members, tiny_set, tmp_path):
+    for names, refused in ((("spots", "svm"), True), (("spots", "deepfreak"), False)):
+        out = stack.save_model(stack.fit([members[n] for n in names], tiny_set, progress=False),
+                               tmp_path / "-".join(names))
+        info = json.loads((out / "model.json").read_text())
+        assert info["member_inputs"] == stack.MEMBER_INPUTS == 2
+        del info["member_inputs"]  # as saved before SVM members gave their decision values
+        (out / "model.json").write_text(json.dumps(info))
+        if refused:
+            with pytest.raises(ValueError, match="fit it again"):
+                stack.load_model(out)
+        else:
+            assert stack.load_model(out).label() == "RF+SPOTS & DeepFreak"
