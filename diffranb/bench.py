@@ -233,6 +233,44 @@ def _spot_noise_rates(frames, window: int) -> dict:
             "spot_noise_speedup": best["histogram"] / best["sorting"]}
 
 
+def _spot_statistics_rates(frames, windows, mask) -> dict:
+    """Frames per second of the spot statistics of ``windows`` (with ``mask``), compiled
+    (:func:`diffranb.features.spot_features`) and taken step by step with numpy and OpenCV
+    (:func:`~diffranb.features._spot_features_reference`, the baseline they equal bit for bit); and of each
+    median window above 5 × 5, :func:`~diffranb.features.median_filter` against OpenCV's ``medianBlur``. One
+    thread, alternating, each the best of :data:`CLASSIC_ROUNDS` passes over ``frames``."""
+    import cv2
+
+    from . import features
+
+    timed = {"spot_statistics_frames_per_s_compiled": lambda im: [features.spot_features(im, w, mask)
+                                                                   for w in windows],
+             "spot_statistics_frames_per_s_reference": lambda im: [features._spot_features_reference(im, w, mask)
+                                                                    for w in windows]}
+    for w in windows:
+        if w > 5:
+            timed[f"median_{w}x{w}_frames_per_s_compiled"] = lambda im, w=w: features.median_filter(im, w)
+            timed[f"median_{w}x{w}_frames_per_s_opencv"] = lambda im, w=w: cv2.medianBlur(im, w)
+    best = dict.fromkeys(timed, 0.0)
+    with limited(1):
+        for fn in timed.values():
+            fn(frames[0])
+        for _ in range(CLASSIC_ROUNDS):
+            for name, fn in timed.items():
+                t0 = time.perf_counter()
+                for image in frames:
+                    fn(image)
+                best[name] = max(best[name], len(frames) / (time.perf_counter() - t0))
+    out = dict(best)
+    out["spot_statistics_speedup"] = best["spot_statistics_frames_per_s_compiled"] / \
+        best["spot_statistics_frames_per_s_reference"]
+    for w in windows:
+        if w > 5:
+            out[f"median_{w}x{w}_speedup"] = best[f"median_{w}x{w}_frames_per_s_compiled"] / \
+                best[f"median_{w}x{w}_frames_per_s_opencv"]
+    return out
+
+
 def classic(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int = SORT_BATCH) -> dict:
     """Frames per second of a classic pipeline on 512² frames: feature extraction plus prediction.
 
@@ -241,8 +279,9 @@ def classic(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int
     gives the same extraction cost (an SVM fitted on fewer frames keeps fewer support vectors, so pass the
     full-scale model to time its prediction). Timed over :data:`CLASSIC_ROUNDS` passes of ``repeats`` frames,
     handed over ``batch`` at a time, in this process with one thread and on ``workers`` processes that each
-    hold the frames. A spot pipeline also gets the speed of its noise estimate against the sorting baseline
-    (:func:`_spot_noise_rates`).
+    hold the frames. A spot pipeline also gets the speed of its statistics, compiled and step by step
+    (:func:`_spot_statistics_rates`), and of its noise estimate against the sorting baseline
+    (:func:`_spot_noise_rates`, on its first window: ``spot_noise_window``).
     """
     from . import classic as cl
     from . import features
@@ -275,7 +314,10 @@ def classic(repeats: int = SORT_FRAMES, workers: int = 2, model=None, batch: int
     out["predict_frames_per_s_1core"] = n / predict
     out["frames_per_s_1core"] = n / (extract + predict)
     if fitted.config.extractor == "spots":
-        out.update(_spot_noise_rates(frames, features.spot_windows(fitted.config.window)[0]))
+        windows = features.spot_windows(fitted.config.window)
+        out.update(_spot_statistics_rates(frames, windows, fitted.mask))
+        out["spot_noise_window"] = windows[0]
+        out.update(_spot_noise_rates(frames, windows[0]))
     out[f"frames_per_s_{workers}proc"] = _frames_per_s_processes(fitted, frames, workers, batch)
     return out
 

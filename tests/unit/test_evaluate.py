@@ -201,3 +201,17 @@ def test_bench_refuses_a_batch_where_it_means_nothing_and_a_count_below_one():
     with pytest.raises(ValueError, match="--batch = -1"):
         bench.run("stacked", batch=-1, model="somewhere")
     assert cli.main(["bench", "malloc", "--batch", "4"]) == 2
+
+
+def test_bench_times_the_spot_statistics_compiled_against_their_baseline_and_each_slow_median():
+    from diffranb import bench
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 64, 64)).astype(np.uint8)
+    out = bench._spot_statistics_rates(frames, (5, 9), rng.random((64, 64)) < 0.1)
+    assert set(out) == {"spot_statistics_frames_per_s_compiled", "spot_statistics_frames_per_s_reference",
+                        "spot_statistics_speedup", "median_9x9_frames_per_s_compiled",
+                        "median_9x9_frames_per_s_opencv", "median_9x9_speedup"}  # OpenCV's 5 × 5 is its fastest
+    assert all(v > 0 and np.isfinite(v) for v in out.values())
+    assert out["spot_statistics_speedup"] == (out["spot_statistics_frames_per_s_compiled"]
+                                              / out["spot_statistics_frames_per_s_reference"])

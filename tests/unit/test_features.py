@@ -203,17 +203,26 @@ def test_a_matched_kernel_doubles_the_significance_of_a_one_pixel_spot():
         features.spot_significance(image, 9, kernel="gauss")
 
 
+def _frames_and_masks(tiny_set, rng, step, n_spots, *extra):
+    """Frames of the tiny set (every ``step``-th), a ring frame with ``n_spots`` spots, uniform noise, a flat
+    frame and ``extra`` ones; each with its masks: none, a random fifth of the pixels, and the innermost rings
+    (left with too few pixels for a noise of their own)."""
+    with dataset.open_dataset(tiny_set) as ds:
+        frames = [ds.image8(i) for i in range(0, 80, step)]
+    frames += [_ring_frame_with_spots(n_spots)[0], rng.integers(0, 256, (96, 80)).astype(np.uint8),
+               np.full((64, 64), 9, np.uint8), *extra]
+    for image in frames:
+        i, j = np.indices(image.shape)
+        centre = np.hypot(i - image.shape[0] / 2, j - image.shape[1] / 2) <= image.shape[0] / 6
+        yield image, (None, rng.random(image.shape) < 0.2, centre)
+
+
 @pytest.mark.parametrize("kernel", ["box", "matched"])
 def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set, kernel):
     rng = np.random.default_rng(5)
-    with dataset.open_dataset(tiny_set) as ds:
-        frames = [ds.image8(i) for i in range(0, 80, 5)]
-    frames += [_ring_frame_with_spots(17)[0], rng.integers(0, 256, (96, 80)).astype(np.uint8),
-               np.full((64, 64), 9, np.uint8)]
-    for k, image in enumerate(frames):
-        i, j = np.indices(image.shape)
-        ring_mask = np.hypot(i - image.shape[0] / 2, j - image.shape[1] / 2) <= image.shape[0] / 6
-        for mask in (None, rng.random(image.shape) < 0.2, ring_mask):
+    for k, (image, masks) in enumerate(_frames_and_masks(tiny_set, rng, 5, 17)):
+        ring_mask = masks[2]
+        for mask in masks:
             for window in features.SPOT_WINDOWS:
                 sums = features.spot_sums(image, window, mask, kernel)[0]
                 _, order, bounds, _ = features._annuli(sums.shape)
@@ -235,6 +244,47 @@ def test_ring_noise_from_histograms_is_bit_identical_to_sorting(tiny_set, kernel
     sums[0, 0] = limit + 1  # beyond any sum of an 8-bit frame: the histogram would misplace it
     with pytest.raises(ValueError, match="weighted sums"):
         features._ring_noise(sums.ravel()[order], bounds, None, kernel)
+
+
+def test_median_filter_equals_opencv():
+    import cv2
+
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 256, (61, 37)).astype(np.uint8), rng.integers(0, 3, (40, 50)).astype(np.uint8),
+              np.full((20, 20), 255, np.uint8), rng.integers(0, 256, (3, 4)).astype(np.uint8),  # below a window
+              _ring_frame_with_spots(17)[0], rng.integers(250, 256, (33, 33)).astype(np.uint8)]
+    for image in images:
+        for window in (3, 5, 7, 9):
+            np.testing.assert_array_equal(features.median_filter(image, window), cv2.medianBlur(image, window),
+                                          err_msg=f"{image.shape}, window {window}")
+            np.testing.assert_array_equal(features.median_background(image, window), cv2.medianBlur(image, window))
+
+
+def test_float32_sums_and_means_equal_numpys_bit_for_bit():
+    rng = np.random.default_rng(4)
+    values = (rng.standard_normal(300_000) * 1e3).astype(np.float32) ** 2  # float32 sums that round
+    for n in [0, 1, 7, 8, 9, 15, 16, 127, 128, 129, 136, 255, 256, 257, 1000, 4097, 65_536, 262_144, 299_999]:
+        for start in (0, 3):
+            part = values[start:start + n]
+            assert features._pairwise_sum32(values, start, len(part)) == np.add.reduce(part), (n, start)
+    # a mean: the float32 sum over the count in float64, then float32, as np.mean takes it (a float32 division
+    # would differ in the last bit now and then)
+    part = values[:262_143]
+    assert np.float32(np.float64(features._pairwise_sum32(values, 0, len(part))) / len(part)) == np.mean(part)
+
+
+@pytest.mark.parametrize("kernel", ["box", "matched"])
+def test_compiled_spot_statistics_equal_numpy_and_opencv_bit_for_bit(tiny_set, kernel):
+    rng = np.random.default_rng(8)
+    for k, (image, masks) in enumerate(_frames_and_masks(tiny_set, rng, 4, 40, np.zeros((40, 40), np.uint8))):
+        everything = np.ones(image.shape, bool)  # no ring keeps a noise of its own
+        for mask in (*masks, everything):
+            for window in features.SPOT_WINDOWS:
+                np.testing.assert_array_equal(features.spot_features(image, window, mask, kernel),
+                                              features._spot_features_reference(image, window, mask, kernel),
+                                              err_msg=f"frame {k}, window {window}")
+    with pytest.raises(ValueError, match="mask"):
+        features.spot_features(image, 5, np.zeros((3, 3), bool))
 
 
 def test_grey_percentiles_from_histograms_equal_numpy():
