@@ -211,6 +211,9 @@ def _add_classic_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="test a saved model (classic, DeepFreak or stacked) on a split of a data set")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="model directory (with model.json)")
+    which.add_argument("--paired", nargs=2, metavar=("A.json", "B.json"),
+                       help="instead of testing, compare two records of --record on the same split frame by "
+                            "frame: the frames only one got right, and McNemar's exact test")
     which.add_argument("--ideal-counter", nargs="?", const="count", metavar="METHOD",
                        choices=dataset.IDEAL_METHODS,
                        help="instead of a model, an integrator that is given whether there were X-rays and a "
@@ -224,7 +227,8 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--record", metavar="FILE", help="also write a record (JSON): this command, what was tested, "
-                                                  "diffranb's version, the wall time and the metrics")
+                                                  "diffranb's version, the wall time, the metrics and every "
+                                                  "frame's prediction")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (on standard error)")
     p.set_defaults(func=_evaluate)
 
@@ -366,6 +370,13 @@ def _evaluate(args) -> int:
     from . import __version__, dataset, evaluate
 
     start = time.perf_counter()
+    if args.paired:
+        if args.record:
+            raise ValueError("--record is for testing a model, not for --paired")
+        with dataset.open_dataset(args.data) as ds:
+            result = evaluate.paired(*args.paired, ds)
+        print(json.dumps(result, indent=2) if args.json else evaluate.format_paired(result, *args.paired))
+        return 0
     if args.record and Path(args.record).exists():
         raise ValueError(f"--record {args.record!r} exists: refusing to overwrite it")
     if args.record and not Path(args.record).resolve().parent.is_dir():
@@ -376,7 +387,9 @@ def _evaluate(args) -> int:
         progress = not args.no_progress
         model = dataset.IdealCounter.for_dataset(ds, args.seed, args.ideal_counter, progress=progress) \
             if args.ideal_counter else evaluate.load_model(args.model)
-        result = evaluate.evaluate_model(model, ds, args.split, progress=progress)
+        result = evaluate.evaluate_model(model, ds, args.split, progress=progress,
+                                         with_predictions=bool(args.record))
+    predictions = result.pop("predictions", None)
     if args.record:
         what = (f"dataset.IdealCounter, method {args.ideal_counter}, noise seed {args.seed}"
                 if args.ideal_counter else f"the {model.kind} model in {args.model}")
@@ -387,7 +400,8 @@ def _evaluate(args) -> int:
                      f"{sklearn.__version__})")
         Path(args.record).write_text(json.dumps({
             "command": args.command_line, "what": what, "diffranb_version": __version__,
-            "wall_seconds": time.perf_counter() - start, "metrics": result}, indent=1) + "\n")
+            "wall_seconds": time.perf_counter() - start, "metrics": result | {"predictions": predictions}},
+            indent=1) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
     else:

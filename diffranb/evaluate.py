@@ -182,7 +182,8 @@ def predict_split(model, ds, indices, batch_size: int = 64, *, progress: bool = 
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def evaluate_model(model, ds, split: str = "test", *, progress: bool = False) -> dict:
+def evaluate_model(model, ds, split: str = "test", *, progress: bool = False, with_predictions: bool = False
+                   ) -> dict:
     """:func:`metrics` of a loaded model on one split of an open data set, with what was evaluated.
 
     Parameters
@@ -196,7 +197,9 @@ def evaluate_model(model, ds, split: str = "test", *, progress: bool = False) ->
     -------
     dict
         The metrics, plus ``split``, ``dataset_sha256``, ``model_dataset_sha256``, ``same_dataset`` (whether
-        the model was trained on this very set) and ``seconds`` (wall time of the predictions).
+        the model was trained on this very set) and ``seconds`` (wall time of the predictions); with
+        ``with_predictions``, also ``predictions``: the label code of every frame of the split, in the set's
+        order, as a string of digits (what :func:`paired` compares).
     """
     if list(model.classes) != list(ds.classes):
         raise ValueError(f"model classes {list(model.classes)} differ from the data set's {list(ds.classes)}")
@@ -209,8 +212,68 @@ def evaluate_model(model, ds, split: str = "test", *, progress: bool = False) ->
     seconds = time.perf_counter() - start
     out = metrics(ds.labels[indices], y_pred, ds.classes)
     trained_on = getattr(model, "dataset_hash", None)
-    return out | {"split": split, "dataset_sha256": ds.content_sha256, "model_dataset_sha256": trained_on,
-                  "same_dataset": trained_on == ds.content_sha256, "seconds": seconds}
+    out |= {"split": split, "dataset_sha256": ds.content_sha256, "model_dataset_sha256": trained_on,
+            "same_dataset": trained_on == ds.content_sha256, "seconds": seconds}
+    if with_predictions:
+        out["predictions"] = "".join(map(str, y_pred.tolist()))
+    return out
+
+
+def paired(record_a, record_b, ds) -> dict:
+    """Two models' tests on the same frames compared frame by frame, with McNemar's exact test.
+
+    Parameters
+    ----------
+    record_a, record_b : str or os.PathLike
+        Records of ``diffranb evaluate --record`` on the same split of the same set, each holding its frames'
+        predictions (records made before predictions were kept are refused).
+    ds : diffranb.dataset.Dataset
+        That set, open: its labels.
+
+    Returns
+    -------
+    dict
+        ``split``, ``n``; for the five classes (``"classes"``) and for diffraction or not (``"binary"``): each
+        record's accuracy, the frames only A or only B got right, and the two-sided p-value of McNemar's exact
+        test (a binomial test of those two counts: the chance of a split at least this uneven if both models
+        were equally good on such frames).
+
+    References
+    ----------
+    Q. McNemar, "Note on the sampling error of the difference between correlated proportions or percentages",
+    Psychometrika 12, 153–157 (1947). https://doi.org/10.1007/BF02295996
+    T. G. Dietterich, "Approximate statistical tests for comparing supervised classification learning
+    algorithms", Neural Computation 10, 1895–1923 (1998). https://doi.org/10.1162/089976698300017197
+    """
+    from scipy.stats import binomtest
+
+    loaded = []
+    for path in (record_a, record_b):
+        record = json.loads(Path(path).read_text())
+        m = record.get("metrics", {})
+        if "predictions" not in m:
+            raise ValueError(f"{str(path)!r} holds no predictions: record the test again with diffranb evaluate "
+                             "--record")
+        if m.get("dataset_sha256") != ds.content_sha256:
+            raise ValueError(f"{str(path)!r} tested set {str(m.get('dataset_sha256'))[:16]}…, not {ds.path} "
+                             f"({ds.content_sha256[:16]}…)")
+        loaded.append(m)
+    a, b = loaded
+    if a["split"] != b["split"]:
+        raise ValueError(f"the records tested the {a['split']} and the {b['split']} split: compare the same frames")
+    truth = np.asarray(ds.labels[ds.indices(a["split"])], dtype=np.int64)
+    pa, pb = (np.frombuffer(m["predictions"].encode(), dtype=np.uint8).astype(np.int64) - ord("0") for m in loaded)
+    if not len(pa) == len(pb) == len(truth):
+        raise ValueError(f"{len(pa)} and {len(pb)} predictions for the {len(truth)} frames of the {a['split']} split")
+    empty = np.array([c in NO_DIFFRACTION for c in ds.classes])
+    out = {"split": a["split"], "n": int(len(truth))}
+    for name, (t, x, y) in {"classes": (truth, pa, pb), "binary": (empty[truth], empty[pa], empty[pb])}.items():
+        right_a, right_b = x == t, y == t
+        only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
+        p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+        out[name] = {"accuracy_a": float(right_a.mean()), "accuracy_b": float(right_b.mean()), "only_a": only_a,
+                     "only_b": only_b, "p_value": float(p)}
+    return out
 
 
 def read_test_record(path, method: str = "best") -> dict:
@@ -293,4 +356,14 @@ def format_report(results: dict) -> str:
                          + f"{100 * m['per_class'][c]['recall']:9.2f}")
         lines.append(f"{'precision':12s}" + "".join(f"{100 * m['per_class'][c]['precision']:11.2f}"
                                                   for c in classes))
+    return "\n".join(lines)
+
+
+def format_paired(result: dict, name_a: str = "A", name_b: str = "B") -> str:
+    """Plain-text lines of :func:`paired`: each accuracy, the frames only one model got right, the p-value."""
+    lines = [f"A: {name_a}", f"B: {name_b}", f"{result['n']} frames of the {result['split']} split"]
+    for name, label in (("classes", "five classes"), ("binary", "diffraction or not")):
+        r = result[name]
+        lines.append(f"{label}: A {100 * r['accuracy_a']:.2f} %, B {100 * r['accuracy_b']:.2f} %; right only in A "
+                     f"{r['only_a']}, only in B {r['only_b']}; McNemar's exact test p = {r['p_value']:.3g}")
     return "\n".join(lines)

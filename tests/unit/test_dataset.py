@@ -587,11 +587,59 @@ def test_evaluate_chooses_the_ideal_method_and_writes_its_record(tiny, tmp_path,
         result = json.loads(capsys.readouterr().out)
         assert result["n"] > 0 and 0 <= result["accuracy"] <= 1
         saved = json.loads(record.read_text())
+        predictions = saved["metrics"].pop("predictions")  # kept in the record, not printed
         assert saved["metrics"] == result and saved["command"] == "diffranb " + " ".join(args)
+        assert len(predictions) == result["n"] and set(predictions) <= set("01234")
         assert f"method {method}, noise seed 0" in saved["what"] and saved["wall_seconds"] > 0
         assert cli.main(args) == 2 and "refusing to overwrite" in capsys.readouterr().err  # kept as it was
-        assert json.loads(record.read_text()) == saved
+        assert json.loads(record.read_text()) == saved | {"metrics": saved["metrics"] | {"predictions": predictions}}
     assert cli.main(["evaluate", "--data", str(tiny), "--ideal-counter"]) == 0
     assert "ideal-counter" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--ideal-counter", "guess", "--data", str(tiny)])
+
+
+def test_two_records_are_compared_frame_by_frame(tiny, tmp_path, capsys):
+    import json
+
+    from scipy.stats import binomtest
+
+    records = {}
+    for method in ("count", "scale"):
+        records[method] = tmp_path / f"{method}.json"
+        assert cli.main(["evaluate", "--ideal-counter", method, "--data", str(tiny), "--record",
+                         str(records[method]), "--no-progress"]) == 0
+    capsys.readouterr()
+    args = ["evaluate", "--paired", str(records["count"]), str(records["scale"]), "--data", str(tiny)]
+    assert cli.main(args + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    with dataset.open_dataset(tiny) as ds:
+        truth = ds.labels[ds.indices("test")]
+        a, b = (np.array([int(c) for c in json.loads(records[m].read_text())["metrics"]["predictions"]])
+                for m in ("count", "scale"))
+        only_a, only_b = int(np.sum((a == truth) & (b != truth))), int(np.sum((b == truth) & (a != truth)))
+        assert result["n"] == len(truth) and result["split"] == "test"
+        assert (result["classes"]["only_a"], result["classes"]["only_b"]) == (only_a, only_b)
+        assert result["classes"]["accuracy_a"] == np.mean(a == truth)
+        expected = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+        assert result["classes"]["p_value"] == pytest.approx(expected)
+        empty = np.isin(truth, [0, 1])
+        assert result["binary"]["accuracy_b"] == np.mean(np.isin(b, [0, 1]) == empty)
+        # a record against itself: nothing to tell them apart
+        same = evaluate.paired(records["count"], records["count"], ds)
+        assert same["classes"]["only_a"] == same["classes"]["only_b"] == 0 and same["classes"]["p_value"] == 1.0
+        # what cannot be compared is refused
+        old = json.loads(records["count"].read_text())
+        del old["metrics"]["predictions"]
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        with pytest.raises(ValueError, match="no predictions"):
+            evaluate.paired(tmp_path / "old.json", records["scale"], ds)
+        other = json.loads(records["count"].read_text())
+        other["metrics"]["dataset_sha256"] = "0" * 64
+        (tmp_path / "other.json").write_text(json.dumps(other))
+        with pytest.raises(ValueError, match="tested set 0000"):
+            evaluate.paired(tmp_path / "other.json", records["scale"], ds)
+    assert cli.main(args) == 0
+    text = capsys.readouterr().out
+    assert f"right only in A {only_a}, only in B {only_b}" in text
+    assert cli.main(args + ["--record", str(tmp_path / "r.json")]) == 2
