@@ -190,7 +190,7 @@ def open_source(path, *, dataset: str | None = None, split: str | None = None) -
                     n, shape = _frames_shape(f[name].shape, f"{where}:{name}")
         except Busy:
             raise
-        except OSError as exc:
+        except (OSError, KeyError, RuntimeError) as exc:
             raise ValueError(f"{where}: not a readable HDF5 file ({exc})") from None
         if is_set:
             with open_dataset(path) as ds:
@@ -244,6 +244,8 @@ def _read(source: Source, a: int, b: int) -> np.ndarray:
         if source.kind == "hdf5" and _held_by_writer(exc):
             raise Busy(f"{where}: a writer holds it open; frames {a} … {b - 1} were not read") from None
         raise ValueError(f"{where}: could not read frames {a} … {b - 1} ({exc})") from None
+    except (KeyError, RuntimeError) as exc:  # h5py: the dataset gone or the file changed since it was opened
+        raise ValueError(f"{where}: could not read frames {a} … {b - 1} ({type(exc).__name__}: {exc})") from None
 
 
 def _read_pages(source: Source, a: int, b: int) -> np.ndarray:

@@ -487,11 +487,14 @@ def describe_report(result: dict) -> str:
 
     h = result["hyperopt"]
     failed = f" ({h['failed']} failed or over the time limit)" if h["failed"] else ""
+    # features found in the cache take no time to extract: say so rather than "0.0 min"
+    extraction = (f" after {h['extract_seconds'] / 60:.1f} min of feature extraction"
+                  if h["extract_seconds"] >= 3.0 else ", on features already cached")
     lines = [f"command: {result['command'] or '(not recorded)'}",
              f"diffranb {result['diffranb_version']}, data set {result['dataset_sha256'][:16]}…, "
              f"{result['n_images']} frames of {' × '.join(str(n) for n in result['shape'])} px",
-             f"{h['trials']} trials{failed} in {h['search_seconds'] / 60:.1f} min after "
-             f"{h['extract_seconds'] / 60:.1f} min of feature extraction; best {h['best_label'] or '(none succeeded)'}",
+             f"{h['trials']} trials{failed} in {h['search_seconds'] / 60:.1f} min{extraction}; "
+             f"best {h['best_label'] or '(none succeeded)'}",
              "",
              evaluate.format_report({(f"best ({m['label']})" if name == "best" else name): m["test"]
                                      for name, m in result["methods"].items()})]

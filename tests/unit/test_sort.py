@@ -519,3 +519,15 @@ def test_bench_follow_times_a_follower_against_a_detector_writing_at_a_rate(fore
         bench.run("follow", model=str(forest), data=str(classic_tiny_set), follow_options={"seconds": 0.0})
     assert cli.main(["bench", "read", "--rate", "10"]) == 2
     assert "--rate and --seconds are for bench follow only" in capsys.readouterr().err
+
+
+def test_an_hdf5_file_changed_after_it_was_opened_is_reported_not_raised(tmp_path):
+    path = tmp_path / "run.h5"
+    with h5py.File(path, "w") as f:
+        f["frames"] = np.zeros((3, 16, 16), np.uint8)
+    source = sort.open_source(path)
+    assert sort._read(source, 0, 2).shape == (2, 16, 16)
+    with h5py.File(path, "a") as f:  # rewritten under another name between the listing and the read
+        f.move("frames", "data")
+    with pytest.raises(ValueError, match="could not read frames 0 … 1 .*KeyError"):
+        sort._read(source, 0, 2)

@@ -114,6 +114,9 @@ def test_tune_command_searches_then_reports(tiny_set, tmp_path, capsys):
     text = tune.describe_report(metrics)
     assert metrics["command"] in text and metrics["dataset_sha256"][:16] in text and "3 trials" in text
     assert f"best ({best['label']}) accuracy" in text
+    for seconds, said in ((0.02, "on features already cached"), (150.0, "after 2.5 min of feature extraction")):
+        timed = metrics | {"hyperopt": metrics["hyperopt"] | {"extract_seconds": seconds}}
+        assert said in tune.describe_report(timed)
     record = tune.load_trials(out)
     fig = viz.plot_report_confusions(metrics, losses=tune.losses(record), labels=[t["label"] for t in record["trials"]])
     with pytest.raises(ValueError, match="both"):
