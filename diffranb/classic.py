@@ -284,7 +284,8 @@ class ClassicModel:
         """An SVM pipeline's one-vs-rest decision values for features ``x`` (:meth:`transform`), (n, n_classes)
         float64 in the order of :attr:`classes` (0 for a class the training frames did not hold): scikit-learn's
         vote counts of the one-vs-one classifiers, shifted by their confidences; the largest is the class
-        :meth:`predict` gives. Forests have no decision values (``ValueError``)."""
+        :meth:`predict` gives, except where votes tie (``predict`` then takes the first of the tied classes).
+        Forests have no decision values (``ValueError``)."""
         from .evaluate import class_columns
 
         if self.config.classifier != "svm":

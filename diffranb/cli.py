@@ -224,7 +224,8 @@ def _add_classic_commands(sub) -> None:
                             "reflection's expected strength up to the crystal's volume)")
     p.add_argument("--seed", type=int, default=0, help="with --ideal-counter: seed of its noise draws")
     p.add_argument("--data", required=True, help="a data set built by `diffranb generate`")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="the split to test (default test); with --paired, the split both records must hold")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--record", metavar="FILE", help="also write a record (JSON): this command, what was tested, "
                                                   "diffranb's version, the wall time, the metrics and every "
@@ -375,12 +376,15 @@ def _evaluate(args) -> int:
             raise ValueError("--record is for testing a model, not for --paired")
         with dataset.open_dataset(args.data) as ds:
             result = evaluate.paired(*args.paired, ds)
+        if args.split and args.split != result["split"]:
+            raise ValueError(f"--split {args.split}: the records tested the {result['split']} split")
         print(json.dumps(result, indent=2) if args.json else evaluate.format_paired(result, *args.paired))
         return 0
     if args.record and Path(args.record).exists():
         raise ValueError(f"--record {args.record!r} exists: refusing to overwrite it")
     if args.record and not Path(args.record).resolve().parent.is_dir():
         raise ValueError(f"--record {args.record!r}: its directory does not exist")
+    args.split = args.split or "test"
     if args.ideal_counter == "calibrated" and args.split == "train":
         raise ValueError("--ideal-counter calibrated learns from the training split: test it on val or test")
     with dataset.open_dataset(args.data) as ds:

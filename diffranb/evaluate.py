@@ -215,6 +215,8 @@ def evaluate_model(model, ds, split: str = "test", *, progress: bool = False, wi
     out |= {"split": split, "dataset_sha256": ds.content_sha256, "model_dataset_sha256": trained_on,
             "same_dataset": trained_on == ds.content_sha256, "seconds": seconds}
     if with_predictions:
+        if len(ds.classes) > 10:
+            raise ValueError(f"{len(ds.classes)} classes: predictions are kept as one digit per frame (at most 10)")
         out["predictions"] = "".join(map(str, y_pred.tolist()))
     return out
 
@@ -254,6 +256,9 @@ def paired(record_a, record_b, ds) -> dict:
         if "predictions" not in m:
             raise ValueError(f"{str(path)!r} holds no predictions: record the test again with diffranb evaluate "
                              "--record")
+        if not set(m["predictions"]) <= set("0123456789"[:len(ds.classes)]):
+            raise ValueError(f"{str(path)!r}: its predictions are not label codes of the set's {len(ds.classes)} "
+                             "classes")
         if m.get("dataset_sha256") != ds.content_sha256:
             raise ValueError(f"{str(path)!r} tested set {str(m.get('dataset_sha256'))[:16]}…, not {ds.path} "
                              f"({ds.content_sha256[:16]}…)")

@@ -352,7 +352,8 @@ def _annuli(shape):
     if shape not in _ANNULI:
         i, j = np.indices(shape, dtype=np.float64)
         r = np.hypot(i - (shape[0] - 1) / 2.0, j - (shape[1] - 1) / 2.0)
-        ring = np.minimum((r / r.max() * NOISE_ANNULI).astype(np.int64), NOISE_ANNULI - 1).ravel()
+        # (a frame of one pixel has r = 0 only: one ring)
+        ring = np.minimum((r / max(r.max(), 1.0) * NOISE_ANNULI).astype(np.int64), NOISE_ANNULI - 1).ravel()
         order = np.argsort(ring, kind="stable")
         bounds = np.searchsorted(ring[order], np.arange(NOISE_ANNULI + 1))
         band = np.minimum((r / (0.5 * min(shape)) * SPOT_BANDS).astype(np.int64), SPOT_BANDS - 1)
@@ -649,7 +650,7 @@ def _follow_median(hist, m, below, half):
 
 
 @numba.njit(cache=True, nogil=True)
-def median_filter(image, window):
+def _median_filter(image, window):
     """``cv2.medianBlur(image, window)`` of a 2-D uint8 image (edges replicated), by running histograms of the
     window (Huang's method) that follow its median from pixel to pixel, two rows at a time (their windows share
     all rows but one, read once for both): equal to OpenCV's, pixel for pixel (unit tests), and faster than it
@@ -702,6 +703,16 @@ def median_filter(image, window):
                 m2, b2 = _follow_median(lower, m2, b2, half)
                 out[i + 1, j] = m2
     return out
+
+
+def median_filter(image, window: int) -> np.ndarray:
+    """``cv2.medianBlur(image, window)`` of a 2-D uint8 image, ``window`` odd, edges replicated: Huang's
+    running histogram (:func:`_median_filter`), equal to OpenCV's pixel for pixel and faster over 7 × 7 pixels
+    and more (``diffranb bench classic``)."""
+    image = _check_image(image)
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window = {window!r}: must be an odd whole number of pixels ≥ 1")
+    return _median_filter(image, int(window))
 
 
 def median_background(image, window: int) -> np.ndarray:

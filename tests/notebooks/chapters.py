@@ -204,7 +204,8 @@ def small_parameters(name: str, data_dir: Path, full_results: Path | None = None
         "04_classic_tuning": dict(N_IMAGES=60, PIXELS=128, N_TRIALS=6, N_SPOT_TRIALS=4, **data,
                                   FULL_RESULTS=str(full_results / "classic") if full_results else none,
                                   SPOT_RESULTS=str(full_results / "classic-spots") if full_results else none,
-                                  WINDOW_RESULTS=str(full_results / "classic-spots-windows") if full_results else none),
+                                  WINDOW_RESULTS=str(full_results / "classic-spots-windows") if full_results else none,
+                                  STACK_RESULTS=str(full_results / "stacked-classic") if full_results else none),
         "05_deepfreak": dict(N_IMAGES=60, PIXELS=128, BINNING=2, MAX_BUDGET=3.0, EPOCHS=2, THREADS=1, **data,
                              FULL_RESULTS=str(full_results / "deepfreak") if full_results else none,
                              OTHER_RESULTS=",".join(str(full_results / d) for d in ("deepfreak-hand", "deepfreak-bin2"))

@@ -111,7 +111,8 @@ def test_classic_tuning(tmp_path):
     values = run_chapter("04_classic_tuning", tmp_path, N_IMAGES=60, PIXELS=128, N_TRIALS=6, N_SPOT_TRIALS=4,
                          DATA_DIR=str(tmp_path), FULL_RESULTS=str(REPO / "results" / "classic"),
                          SPOT_RESULTS=str(REPO / "results" / "classic-spots"),
-                         WINDOW_RESULTS=str(REPO / "results" / "classic-spots-windows"))
+                         WINDOW_RESULTS=str(REPO / "results" / "classic-spots-windows"),
+                         STACK_RESULTS=str(REPO / "results" / "stacked-classic"))
     print(f"chapter 4: 6 trials in {values['search_seconds']} s, best {values['best_label']}")
     assert values["n_trials"] == 6 and sum(values["trials_by_label"].values()) == 6
     assert values["space_size"] == "470,450"
@@ -132,6 +133,15 @@ def test_classic_tuning(tmp_path):
         committed = json.loads(window_metrics.read_text())["methods"]["best"]
         assert values["windows_full_accuracy"] == round(100 * committed["test"]["accuracy"], 2)
         assert values["windows_full_choice"].endswith(" px")
+    # the forest and the SVM of this chapter's spot search, stacked on its validation frames (if it tried both)
+    assert math.isnan(values["spot_stack_accuracy"]) or 0 <= values["spot_stack_accuracy"] <= 100
+    stack_record = REPO / "results" / "stacked-classic" / "test.json"
+    if stack_record.is_file():
+        committed = json.loads(stack_record.read_text())["metrics"]
+        assert values["stack_full_accuracy"] == round(100 * committed["accuracy"], 2)
+        assert values["stack_full_binary"] == round(100 * committed["binary_accuracy"], 2)
+        paired = json.loads((REPO / "results" / "stacked-classic" / "paired.json").read_text())["comparisons"]
+        assert values["stack_p_against_forest"] == round(paired[0]["result"]["classes"]["p_value"], 3)
 
 
 #: The committed full-scale DeepFreak runs chapter 5 compares with BOHB's winner.

@@ -130,3 +130,18 @@ def test_training_is_seeded(store):
     a, b = classic.train(config, store, n_jobs=1), classic.train(config, store, n_jobs=2)
     x = store.features("glcm")
     np.testing.assert_array_equal(a.pipeline.predict_proba(x), b.pipeline.predict_proba(x))
+
+
+def test_decision_values_of_a_two_class_svm_sit_in_their_classes_columns():
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(0.0, 1.0, (30, 4)), rng.normal(2.0, 1.0, (30, 4))])
+    codes = np.repeat([0, 3], 30)  # blank and good only
+    config = classic.ClassicConfig(classifier="svm", C=1.0)
+    pipeline = classic.make_pipeline(config).fit(x, codes)
+    model = classic.ClassicModel(config, pipeline, dataset.CLASSES, "0" * 64)
+    values = model.decision(x)
+    d = pipeline.decision_function(x)  # one column: positive for the second class, good
+    np.testing.assert_array_equal(values[:, 3], d)
+    np.testing.assert_array_equal(values[:, 0], -d)
+    assert not values[:, [1, 2, 4]].any()
+    np.testing.assert_array_equal(np.where(values[:, 3] > values[:, 0], 3, 0), pipeline.predict(x))

@@ -639,7 +639,14 @@ def test_two_records_are_compared_frame_by_frame(tiny, tmp_path, capsys):
         (tmp_path / "other.json").write_text(json.dumps(other))
         with pytest.raises(ValueError, match="tested set 0000"):
             evaluate.paired(tmp_path / "other.json", records["scale"], ds)
+        bad = json.loads(records["count"].read_text())
+        bad["metrics"]["predictions"] = bad["metrics"]["predictions"][:-1] + "7"  # no class 7 in this set
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="not label codes"):
+            evaluate.paired(tmp_path / "bad.json", records["scale"], ds)
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert f"right only in A {only_a}, only in B {only_b}" in text
+    assert cli.main(args + ["--split", "test"]) == 0
+    assert cli.main(args + ["--split", "val"]) == 2 and "tested the test split" in capsys.readouterr().err
     assert cli.main(args + ["--record", str(tmp_path / "r.json")]) == 2

@@ -213,5 +213,3 @@ def test_bench_times_the_spot_statistics_compiled_against_their_baseline_and_eac
                         "spot_statistics_speedup", "median_9x9_frames_per_s_compiled",
                         "median_9x9_frames_per_s_opencv", "median_9x9_speedup"}  # OpenCV's 5 × 5 is its fastest
     assert all(v > 0 and np.isfinite(v) for v in out.values())
-    assert out["spot_statistics_speedup"] == (out["spot_statistics_frames_per_s_compiled"]
-                                              / out["spot_statistics_frames_per_s_reference"])

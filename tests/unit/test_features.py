@@ -258,6 +258,10 @@ def test_median_filter_equals_opencv():
             np.testing.assert_array_equal(features.median_filter(image, window), cv2.medianBlur(image, window),
                                           err_msg=f"{image.shape}, window {window}")
             np.testing.assert_array_equal(features.median_background(image, window), cv2.medianBlur(image, window))
+    for image, window in ((np.zeros((9, 9), np.uint16), 3), (np.zeros((9, 9), np.uint8), 4),
+                          (np.zeros((9, 9), np.uint8), 0), (np.zeros((2, 9, 9), np.uint8), 3)):
+        with pytest.raises(ValueError):
+            features.median_filter(image, window)
 
 
 def test_float32_sums_and_means_equal_numpys_bit_for_bit():
@@ -267,8 +271,8 @@ def test_float32_sums_and_means_equal_numpys_bit_for_bit():
         for start in (0, 3):
             part = values[start:start + n]
             assert features._pairwise_sum32(values, start, len(part)) == np.add.reduce(part), (n, start)
-    # a mean: the float32 sum over the count in float64, then float32, as np.mean takes it (a float32 division
-    # would differ in the last bit now and then)
+    # a mean: the float32 sum over the count in float64, then float32, as np.mean takes it (for counts below 2²⁴
+    # the same as a float32 division)
     part = values[:262_143]
     assert np.float32(np.float64(features._pairwise_sum32(values, 0, len(part))) / len(part)) == np.mean(part)
 
@@ -276,7 +280,8 @@ def test_float32_sums_and_means_equal_numpys_bit_for_bit():
 @pytest.mark.parametrize("kernel", ["box", "matched"])
 def test_compiled_spot_statistics_equal_numpy_and_opencv_bit_for_bit(tiny_set, kernel):
     rng = np.random.default_rng(8)
-    for k, (image, masks) in enumerate(_frames_and_masks(tiny_set, rng, 4, 40, np.zeros((40, 40), np.uint8))):
+    tiny = [rng.integers(0, 256, shape).astype(np.uint8) for shape in ((1, 1), (1, 5), (5, 1), (2, 9))]
+    for k, (image, masks) in enumerate(_frames_and_masks(tiny_set, rng, 4, 40, np.zeros((40, 40), np.uint8), *tiny)):
         everything = np.ones(image.shape, bool)  # no ring keeps a noise of its own
         for mask in (*masks, everything):
             for window in features.SPOT_WINDOWS:
