@@ -352,8 +352,8 @@ def _annuli(shape):
     if shape not in _ANNULI:
         i, j = np.indices(shape, dtype=np.float64)
         r = np.hypot(i - (shape[0] - 1) / 2.0, j - (shape[1] - 1) / 2.0)
-        # (a frame of one pixel has r = 0 only: one ring)
-        ring = np.minimum((r / max(r.max(), 1.0) * NOISE_ANNULI).astype(np.int64), NOISE_ANNULI - 1).ravel()
+        far = r.max() if r.max() > 0 else 1.0  # a frame of one pixel: r = 0, ring 0
+        ring = np.minimum((r / far * NOISE_ANNULI).astype(np.int64), NOISE_ANNULI - 1).ravel()
         order = np.argsort(ring, kind="stable")
         bounds = np.searchsorted(ring[order], np.arange(NOISE_ANNULI + 1))
         band = np.minimum((r / (0.5 * min(shape)) * SPOT_BANDS).astype(np.int64), SPOT_BANDS - 1)
