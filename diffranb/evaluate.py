@@ -235,7 +235,7 @@ def paired(record_a, record_b, ds) -> dict:
     Returns
     -------
     dict
-        ``split``, ``n``; for the five classes (``"classes"``) and for diffraction or not (``"binary"``): each
+        ``split``, ``n``; for the set's classes (``"classes"``) and for diffraction or not (``"binary"``): each
         record's accuracy, the frames only A or only B got right, and the two-sided p-value of McNemar's exact
         test (a binomial test of those two counts: the chance of a split at least this uneven if both models
         were equally good on such frames).
@@ -367,7 +367,7 @@ def format_report(results: dict) -> str:
 def format_paired(result: dict, name_a: str = "A", name_b: str = "B") -> str:
     """Plain-text lines of :func:`paired`: each accuracy, the frames only one model got right, the p-value."""
     lines = [f"A: {name_a}", f"B: {name_b}", f"{result['n']} frames of the {result['split']} split"]
-    for name, label in (("classes", "five classes"), ("binary", "diffraction or not")):
+    for name, label in (("classes", "all classes"), ("binary", "diffraction or not")):
         r = result[name]
         lines.append(f"{label}: A {100 * r['accuracy_a']:.2f} %, B {100 * r['accuracy_b']:.2f} %; right only in A "
                      f"{r['only_a']}, only in B {r['only_b']}; McNemar's exact test p = {r['p_value']:.3g}")
