@@ -301,9 +301,12 @@ class ClassicModel:
         :attr:`classes` (0 for a class the training frames did not hold): a forest's vote shares. The SVMs here
         are fitted without probability estimates, so an SVM pipeline gives its decision as 1 for the class it
         predicts and 0 for the others."""
+        return self.scores_of(self.transform(images8))
+
+    def scores_of(self, x) -> np.ndarray:
+        """:meth:`scores` from features ``x`` already extracted (:meth:`transform`)."""
         from .evaluate import class_columns
 
-        x = self.transform(images8)
         codes = self.pipeline.classes_
         if hasattr(self.pipeline[-1], "predict_proba"):
             proba = self.pipeline.predict_proba(x)

@@ -966,9 +966,26 @@ def _fused_peaks(sums, noise32, ring, band, masked, levels, band_levels, bands):
 _NO_MASK = {}
 
 
+@functools.lru_cache(maxsize=None)  # called for every frame and window
+def _int_kernel(kernel: str) -> np.ndarray:
+    """The whole-number weights of ``kernel`` as the compiled pass takes them, (3, 3) int32."""
+    return _kernel(kernel).astype(np.int32)
+
+
+#: The peak levels as arrays, for the compiled pass.
+_PEAK_LEVELS, _BAND_LEVELS = np.array(SPOT_LEVELS), np.array(SPOT_BAND_LEVELS)
+
+
+def _spot_row(counts, levels, noise) -> np.ndarray:
+    """A frame's row of :func:`spot_features` from its peak counts, its background's grey-level histogram and
+    each ring's noise."""
+    stats = [_grey_percentile(levels, 50), _grey_percentile(levels, 90), float(np.median(noise))]
+    return np.concatenate([np.log1p(np.asarray(counts, dtype=np.float64)), stats])
+
+
 def _spot_features_fused(image, window: int, mask, kernel: str) -> np.ndarray:
     image = _check_image(image)
-    weights = _kernel(kernel)
+    weights = _int_kernel(kernel)
     if window not in SPOT_WINDOWS:
         raise ValueError(f"window = {window!r}: must be one of {SPOT_WINDOWS}")
     if mask is None:
@@ -979,14 +996,13 @@ def _spot_features_fused(image, window: int, mask, kernel: str) -> np.ndarray:
         masked = np.ascontiguousarray(_check_mask(mask, image.shape))
     background = median_background(image, window)
     ring, _, _, band = _annuli(image.shape)
-    sums, noise, levels = _fused_sums_and_noise(image, background, masked, weights.astype(np.int32),
-                                                *_ring_runs(image.shape), NOISE_ANNULI, sum_range(kernel),
-                                                min_sum_noise(kernel), MIN_NOISE_PIXELS)
+    sums, noise, levels = _fused_sums_and_noise(image, background, masked, weights, *_ring_runs(image.shape),
+                                                NOISE_ANNULI, sum_range(kernel), min_sum_noise(kernel),
+                                                MIN_NOISE_PIXELS)
     noise = _fill_noise(noise, kernel)
-    counts = _fused_peaks(sums, noise.astype(np.float32), ring, band, masked, np.array(SPOT_LEVELS),
-                          np.array(SPOT_BAND_LEVELS), SPOT_BANDS)
-    stats = [_grey_percentile(levels, 50), _grey_percentile(levels, 90), float(np.median(noise))]
-    return np.concatenate([np.log1p(counts.astype(np.float64)), stats])
+    counts = _fused_peaks(sums, noise.astype(np.float32), ring, band, masked, _PEAK_LEVELS, _BAND_LEVELS,
+                          SPOT_BANDS)
+    return _spot_row(counts, levels, noise)
 
 
 def max_3x3(z) -> np.ndarray:
@@ -1028,9 +1044,7 @@ def _spot_features_reference(image, window: int = 5, mask=None, kernel: str = SP
     band = _annuli(z.shape)[3][peak]
     for level in SPOT_BAND_LEVELS:
         counts.extend(np.bincount(band[values >= level], minlength=SPOT_BANDS))
-    levels = np.bincount(background.ravel(), minlength=LEVELS)
-    stats = [_grey_percentile(levels, 50), _grey_percentile(levels, 90), float(np.median(noise))]
-    return np.concatenate([np.log1p(np.asarray(counts, dtype=np.float64)), stats])
+    return _spot_row(counts, np.bincount(background.ravel(), minlength=LEVELS), noise)
 
 
 def spot_names() -> list:

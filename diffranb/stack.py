@@ -64,8 +64,6 @@ def member_inputs(members, images8) -> np.ndarray:
     (:meth:`diffranb.classic.ClassicModel.decision`), which say how sure it is where its 0-or-1 vote would not.
     Classic members that compute the same features (:meth:`~diffranb.classic.ClassicModel.feature_key`) share
     one extraction."""
-    from .evaluate import class_columns
-
     shared, blocks = {}, []
     for m in members:
         if getattr(m, "kind", None) != "classic":
@@ -75,11 +73,8 @@ def member_inputs(members, images8) -> np.ndarray:
         if key not in shared:
             shared[key] = np.asarray(m.transform(images8), dtype=np.float64)
         x = shared[key]
-        if m.config.classifier == "svm":
-            blocks.append(m.decision(x))
-        else:
-            proba = class_columns(m.pipeline.predict_proba(x), m.pipeline.classes_, m.classes)
-            blocks.append(np.log(np.clip(proba, PROBABILITY_FLOOR, 1.0)))
+        blocks.append(m.decision(x) if m.config.classifier == "svm"
+                      else np.log(np.clip(m.scores_of(x), PROBABILITY_FLOOR, 1.0)))
     return np.hstack(blocks)
 
 
