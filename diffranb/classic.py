@@ -96,10 +96,10 @@ class ClassicConfig:
         LBP circle radius (:data:`diffranb.features.LBP_RADII`).
     words : int
         SIFT vocabulary size (:data:`diffranb.features.SIFT_WORDS`).
-    window : int or tuple of int, pixels
-        Median-background window of the spot statistics (:data:`diffranb.features.SPOT_WINDOWS`), or a set of
-        them whose statistics are put side by side (kept in the order of ``SPOT_WINDOWS``; a set of one is
-        that window).
+    window : int (pixels), str, or a tuple of them
+        Background of the spot statistics (:data:`diffranb.features.SPOT_WINDOWS`: a median window in pixels,
+        or "5x2" / "5x3", the 5 × 5 median taken again), or a set of them whose statistics are put side by side
+        (kept in the order of ``SPOT_WINDOWS``; a set of one is that background).
     classifier : {"rf", "svm"}
     C : float
         SVM penalty, dimensionless (:data:`SVM_C`).
@@ -123,7 +123,7 @@ class ClassicConfig:
     points: int = 8  # samples
     radius: int = 1  # pixels
     words: int = 100  # visual words
-    window: object = 5  # pixels, or a tuple of them
+    window: object = 5  # pixels or "5x2" / "5x3", or a tuple of them
     classifier: str = "rf"
     C: float = 1.0  # dimensionless
     gamma: float = 2.0 ** -5  # dimensionless, on standardised features

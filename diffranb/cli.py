@@ -150,6 +150,11 @@ def _ints(text):
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
+def _windows(text):
+    """Spot backgrounds, e.g. "5,9" or "5,5x2": whole numbers are windows in pixels, "5x2" an iterated median."""
+    return tuple(int(x) if x.strip().isdigit() else x.strip() for x in text.split(",") if x.strip())
+
+
 def _names(text):
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -173,8 +178,9 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--points", type=int, default=d.points, help="LBP samples P")
     p.add_argument("--radius", type=int, default=d.radius, help="LBP radius R (px)")
     p.add_argument("--words", type=int, default=d.words, help="SIFT vocabulary size")
-    p.add_argument("--window", type=_ints, default=d.window,
-                   help="spot statistics: median-background window (px), or several side by side, e.g. 5,9")
+    p.add_argument("--window", type=_windows, default=d.window,
+                   help="spot statistics: median-background window (px), or several side by side, e.g. 5,9; "
+                        "5x2 and 5x3 are the 5 × 5 median taken two and three times")
     p.add_argument("--classifier", choices=classic.CLASSIFIERS, default=d.classifier)
     p.add_argument("--C", type=float, default=d.C, help="SVM penalty")
     p.add_argument("--gamma", type=float, default=d.gamma, help="SVM RBF γ (standardised features)")
@@ -201,6 +207,9 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--extractors", type=_names, default=features.PAPER_KINDS,
                    help="extractors to search, e.g. glcm,lbp,sift (the paper's, default) or spots "
                         f"(choose among {','.join(features.KINDS)})")
+    p.add_argument("--windows", type=_windows, default=features.SPOT_WINDOWS,
+                   help="with spots: the backgrounds the search may set side by side (default all: "
+                        f"{','.join(map(str, features.SPOT_WINDOWS))})")
     p.add_argument("--report", help="then refit the best pipelines, test them and write metrics and figures here")
     p.add_argument("--models", help="with --report: save the refitted models under this directory")
     p.add_argument("--cache", help="feature cache directory (default: <data>.features)")
@@ -347,7 +356,7 @@ def _tune_hyperopt(args) -> int:
     start = time.perf_counter()
     record = tune.run(args.data, args.out, n_trials=args.trials, seed=args.seed, cache_dir=args.cache,
                       timeout_s=args.timeout, workers=args.workers, progress=not args.no_progress,
-                      stop_after=args.stop_after, extractors=args.extractors)
+                      stop_after=args.stop_after, extractors=args.extractors, windows=args.windows)
     best = record.get("best")
     print(f"{len(record['trials'])} trials in {args.out}: search {record['search_seconds']:.0f} s, "
           f"feature extraction {record['extract_seconds']:.0f} s")

@@ -47,12 +47,18 @@ def _subsets(values) -> list[tuple]:
     return [c for r in range(1, len(values) + 1) for c in combinations(values, r)]
 
 
-#: The spot statistics' median windows the search chooses among: one window, or any set of them side by side
-#: (their statistics concatenated, :func:`diffranb.features.spot_windows`).
-SPOT_WINDOW_CHOICES = _subsets(features.SPOT_WINDOWS)
+def spot_window_choices(windows=features.SPOT_WINDOWS) -> list[tuple]:
+    """The spot backgrounds the search chooses among: one of ``windows`` (a subset of
+    :data:`~diffranb.features.SPOT_WINDOWS`), or any set of them side by side (their statistics concatenated,
+    :func:`diffranb.features.spot_windows`)."""
+    return _subsets(features.spot_windows(windows))
 
 
-def space(extractors=features.PAPER_KINDS):
+#: The default choices: every non-empty set of :data:`~diffranb.features.SPOT_WINDOWS`.
+SPOT_WINDOW_CHOICES = spot_window_choices()
+
+
+def space(extractors=features.PAPER_KINDS, windows=features.SPOT_WINDOWS):
     """The joint search space of DiffraNet's Table 7, as a Hyperopt expression.
 
     Every choice is categorical (``hp.choice``), so that TPE models each option's density separately.
@@ -61,8 +67,10 @@ def space(extractors=features.PAPER_KINDS):
     ----------
     extractors : tuple of str
         The extractors to search, in this order: by default the paper's three; ``"spots"`` (the spot
-        statistics of :func:`diffranb.features.spot_features`, with any non-empty set of the median windows
-        :data:`~diffranb.features.SPOT_WINDOWS`, :data:`SPOT_WINDOW_CHOICES`) goes beyond it.
+        statistics of :func:`diffranb.features.spot_features`, with any non-empty set of ``windows``,
+        :func:`spot_window_choices`) goes beyond it.
+    windows : tuple
+        The spot backgrounds offered (default every one of :data:`~diffranb.features.SPOT_WINDOWS`).
     """
     from hyperopt import hp
 
@@ -78,7 +86,7 @@ def space(extractors=features.PAPER_KINDS):
         "lbp": lambda: {"extractor": "lbp", "points": hp.choice("points", features.LBP_POINTS),
                         "radius": hp.choice("radius", features.LBP_RADII)},
         "sift": lambda: {"extractor": "sift", "words": hp.choice("words", features.SIFT_WORDS)},
-        "spots": lambda: {"extractor": "spots", "window": hp.choice("window", SPOT_WINDOW_CHOICES)},
+        "spots": lambda: {"extractor": "spots", "window": hp.choice("window", spot_window_choices(windows))},
     }
     extractors = check_extractors(extractors)
     extractor = hp.choice("extractor", [options[name]() for name in extractors])
@@ -200,7 +208,7 @@ class TrialRunner:
 # The search: persisted, resumable
 # ---------------------------------------------------------------------------------------------------------
 
-def _header(store, seed, timeout_s, extractors) -> dict:
+def _header(store, seed, timeout_s, extractors, windows=features.SPOT_WINDOWS) -> dict:
     from . import __version__
 
     space_name = "DiffraNet Table 7" if extractors == features.PAPER_KINDS else \
@@ -208,7 +216,7 @@ def _header(store, seed, timeout_s, extractors) -> dict:
     return {"format": FORMAT, "dataset_sha256": store.content_sha256, "data": str(store.data), "seed": seed,
             "space": space_name, "extractors": list(extractors),
             "extractor_versions": {k: features.EXTRACTOR_VERSIONS[k] for k in extractors},
-            **({"spot_windows": [list(w) for w in SPOT_WINDOW_CHOICES]} if "spots" in extractors else {}),
+            **({"spot_windows": [list(w) for w in spot_window_choices(windows)]} if "spots" in extractors else {}),
             "startup_trials": STARTUP_TRIALS,
             "timeout_s": timeout_s, "diffranb_version": __version__}
 
@@ -248,7 +256,7 @@ def _hyperopt_trials(records: list):
 
 def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeout_s: float = DEFAULT_TIMEOUT_S,
         workers: int = 2, progress: bool = True, stop_after: int | None = None,
-        extractors=features.PAPER_KINDS) -> dict:
+        extractors=features.PAPER_KINDS, windows=features.SPOT_WINDOWS) -> dict:
     """Run (or resume) a TPE search of :func:`space` on a data set, persisting every trial to ``out``.
 
     Parameters
@@ -273,6 +281,8 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         Evaluate at most this many new trials now (to interrupt on purpose; the file resumes later).
     extractors : tuple of str
         Extractors of the space (:func:`space`); a resumed search must keep them.
+    windows : tuple
+        Spot backgrounds offered (:func:`spot_window_choices`; default all); a resumed search must keep them.
 
     Returns
     -------
@@ -288,13 +298,14 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         raise ValueError(f"out = {str(out)!r}: directory {str(out.parent)!r} does not exist")
     store = features.FeatureStore(data, cache_dir, workers=workers, progress=progress)
     extractors = check_extractors(extractors)
-    header = _header(store, seed, timeout_s, extractors)
+    windows = features.spot_windows(windows)
+    header = _header(store, seed, timeout_s, extractors, windows)
     if out.exists():
         record = load_trials(out)
         record.setdefault("extractors", list(features.PAPER_KINDS))  # files written before the option
         record.setdefault("extractor_versions", {k: 1 for k in record["extractors"]})  # ... before versions
         if "spots" in record["extractors"]:  # ... and before sets of windows, when each was a choice alone
-            record.setdefault("spot_windows", [[w] for w in features.SPOT_WINDOWS])
+            record.setdefault("spot_windows", [[w] for w in features.PLAIN_SPOT_WINDOWS])
         for key in ("dataset_sha256", "seed", "extractors", "extractor_versions", "spot_windows"):
             if record.get(key) != header.get(key):
                 raise ValueError(f"{str(out)!r} was run with {key} = {record.get(key)!r}, not {header.get(key)!r}: "
@@ -314,7 +325,7 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
     record["extract_seconds"] += time.perf_counter() - start
 
     trials = _hyperopt_trials(done)
-    sp = space(extractors)
+    sp = space(extractors, windows)
     algo = partial(tpe.suggest, n_startup_jobs=STARTUP_TRIALS)
     budget = len(done) + (n_trials - len(done) if stop_after is None else min(stop_after, n_trials - len(done)))
     with TrialRunner(data, cache_dir, n_jobs=workers, timeout_s=timeout_s) as runner:

@@ -38,6 +38,11 @@ def test_config_round_trips_through_json_with_only_its_own_fields():
     d = json.loads(json.dumps(both.to_dict()))
     assert d["window"] == [5, 9] and classic.ClassicConfig.from_dict(d) == both
     assert classic.ClassicConfig(extractor="spots", window=(7,)) == classic.ClassicConfig(extractor="spots", window=7)
+    fast = classic.ClassicConfig(extractor="spots", window=["5x2", 5], n_estimators=10)
+    d = json.loads(json.dumps(fast.to_dict()))
+    assert fast.window == (5, "5x2") and d["window"] == [5, "5x2"] and classic.ClassicConfig.from_dict(d) == fast
+    with pytest.raises(ValueError, match="window"):
+        classic.ClassicConfig(extractor="spots", window="5x5")
 
 
 def test_class_weights_follow_the_label_codes():

@@ -34,3 +34,13 @@ def test_simulate_refuses_a_missing_directory(tmp_path):
         assert "does not exist" in str(exc)
     else:
         raise AssertionError("expected SystemExit")
+
+
+def test_spot_backgrounds_parse_from_the_command_line():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "classic", "--data", "x.h5", "--out", "m", "--extractor", "spots",
+                              "--window", "5, 5x2"])
+    assert args.window == (5, "5x2")
+    args = parser.parse_args(["tune", "hyperopt", "--data", "x.h5", "--out", "t.json", "--extractors", "spots",
+                              "--windows", "5,5x2,5x3"])
+    assert args.windows == (5, "5x2", "5x3")

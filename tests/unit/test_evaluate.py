@@ -213,3 +213,7 @@ def test_bench_times_the_spot_statistics_compiled_against_their_baseline_and_eac
                         "spot_statistics_speedup", "median_9x9_frames_per_s_compiled",
                         "median_9x9_frames_per_s_opencv", "median_9x9_speedup"}  # OpenCV's 5 × 5 is its fastest
     assert all(v > 0 and np.isfinite(v) for v in out.values())
+    # iterated 5 × 5 medians are OpenCV's own: no median of ours to time against it
+    out = bench._spot_statistics_rates(frames, (5, "5x2", "5x3"), None)
+    assert set(out) == {"spot_statistics_frames_per_s_compiled", "spot_statistics_frames_per_s_reference",
+                        "spot_statistics_speedup"}

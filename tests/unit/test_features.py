@@ -258,10 +258,35 @@ def test_median_filter_equals_opencv():
             np.testing.assert_array_equal(features.median_filter(image, window), cv2.medianBlur(image, window),
                                           err_msg=f"{image.shape}, window {window}")
             np.testing.assert_array_equal(features.median_background(image, window), cv2.medianBlur(image, window))
+        # the iterated backgrounds: OpenCV's 5 × 5 median, taken two and three times over
+        once = cv2.medianBlur(image, 5)
+        twice = cv2.medianBlur(once, 5)
+        np.testing.assert_array_equal(features.median_background(image, "5x2"), twice)
+        np.testing.assert_array_equal(features.median_background(image, "5x3"), cv2.medianBlur(twice, 5))
+        for windows in ((5, 9, "5x3"), ("5x3", "5x2", 5), ("5x2", 7)):  # in any order, from passes made before
+            made = features.spot_backgrounds(image, windows)
+            assert list(made) == list(windows)
+            for w in windows:
+                np.testing.assert_array_equal(made[w], {5: once, 7: cv2.medianBlur(image, 7),
+                                                        9: cv2.medianBlur(image, 9), "5x2": twice,
+                                                        "5x3": cv2.medianBlur(twice, 5)}[w])
     for image, window in ((np.zeros((9, 9), np.uint16), 3), (np.zeros((9, 9), np.uint8), 4),
                           (np.zeros((9, 9), np.uint8), 0), (np.zeros((2, 9, 9), np.uint8), 3)):
         with pytest.raises(ValueError):
             features.median_filter(image, window)
+
+
+def test_five_pixel_medians_taken_again_remove_spots_as_wider_windows_do():
+    def left(edge, window):  # pixels of a square spot of edge × edge pixels left in the background
+        image = np.full((31, 31), 40, np.uint8)
+        image[13:13 + edge, 13:13 + edge] = 200
+        return np.count_nonzero(features.median_background(image, window) != 40)
+
+    assert [left(edge, 5) for edge in (3, 4, 5)] == [0, 4, 13]  # one pass leaves a plateau of 4 × 4 and 5 × 5
+    for edge in (3, 4, 5):
+        assert left(edge, "5x2") <= left(edge, 7)
+        assert left(edge, "5x3") == left(edge, 9) == 0
+    assert left(5, "5x2") < left(5, 5) and left(6, "5x3") < left(6, "5x2") < left(6, 5)
 
 
 def test_float32_sums_and_means_equal_numpys_bit_for_bit():
@@ -327,7 +352,14 @@ def test_spot_block_holds_every_window():
                                                                        features.spot_columns(9)])
     names = features.feature_names("spots", window=(5, 9))
     assert len(names) == both.shape[1] == 50 and names[0].startswith("w5 ") and names[25].startswith("w9 ")
-    for bad in ((), (5, 5), (5, 4), 4):
+    # iterated medians: their own columns, made from the same medians as one by one
+    fast = features.extract("spots", image[None], window=("5x3", 5, "5x2"))
+    assert features.spot_windows(("5x3", 5, "5x2")) == (5, "5x2", "5x3")
+    np.testing.assert_array_equal(fast, block[:, features.spot_columns((5, "5x2", "5x3"))])
+    np.testing.assert_array_equal(fast[0], np.concatenate([features._spot_features_reference(image, w)
+                                                           for w in (5, "5x2", "5x3")]))
+    assert features.feature_names("spots", window=(5, "5x2"))[25].startswith("w5x2 ")
+    for bad in ((), (5, 5), (5, 4), 4, "5", "5x4", "9x2", True, (5, True), 5.0):
         with pytest.raises(ValueError, match="window"):
             features.extract("spots", image[None], window=bad)
 

@@ -24,10 +24,14 @@ def test_the_space_can_hold_the_spot_statistics_alone_or_beside_the_papers():
     from hyperopt.pyll.stochastic import sample
 
     rng = np.random.default_rng(1)
-    configs = [tune.config_from_sample(sample(tune.space(("spots",)), rng=rng)) for _ in range(100)]
+    configs = [tune.config_from_sample(sample(tune.space(("spots",)), rng=rng)) for _ in range(600)]
     assert {c.label() for c in configs} == {"RF+SPOTS", "SVM+SPOTS"}
-    # one median window, or any set of them side by side
-    assert {c.window for c in configs} == {5, 7, 9, (5, 7), (5, 9), (7, 9), (5, 7, 9)}
+    # one background, or any set of them side by side: all 31 of the five backgrounds
+    windows = {c.window if isinstance(c.window, tuple) else (c.window,) for c in configs}
+    assert windows == set(tune.SPOT_WINDOW_CHOICES) and len(windows) == 31
+    # only the backgrounds offered
+    configs = [tune.config_from_sample(sample(tune.space(("spots",), (9, "5x2")), rng=rng)) for _ in range(60)]
+    assert {c.window for c in configs} == {9, "5x2", (9, "5x2")}
     seen = {tune.config_from_sample(sample(tune.space(features.KINDS), rng=rng)).extractor for _ in range(200)}
     assert seen == set(features.KINDS)
     for bad in ((), ("glcm", "glcm"), ("hog",)):
@@ -79,6 +83,23 @@ def test_a_spot_search_of_single_windows_is_not_resumed_with_sets_of_them(tiny_s
     out.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="spot_windows"):
         tune.run(tiny_set, out, **kw)
+
+
+def test_the_spot_backgrounds_offered_are_a_choice_of_the_search_and_kept_on_resuming(tiny_set, tmp_path):
+    assert len(tune.SPOT_WINDOW_CHOICES) == 2 ** len(features.SPOT_WINDOWS) - 1
+    assert tune.spot_window_choices((5, "5x2")) == [(5,), ("5x2",), (5, "5x2")]
+    with pytest.raises(ValueError, match="window"):
+        tune.spot_window_choices((5, 4))
+    kw = {"n_trials": 3, "seed": 0, "cache_dir": tmp_path / "cache", "timeout_s": 60, "workers": 1,
+          "progress": False, "extractors": ("spots",)}
+    out = tmp_path / "fast.json"
+    record = tune.run(tiny_set, out, windows=("5x2", 5), **kw)
+    assert record["spot_windows"] == [[5], ["5x2"], [5, "5x2"]]
+    for trial in record["trials"]:
+        assert classic.ClassicConfig.from_dict(trial["config"]).window in (5, "5x2", (5, "5x2"))
+    with pytest.raises(ValueError, match="spot_windows"):  # a resumed search keeps its backgrounds
+        tune.run(tiny_set, out, **(kw | {"n_trials": 4}))
+    assert len(tune.run(tiny_set, out, windows=(5, "5x2"), **(kw | {"n_trials": 4}))["trials"]) == 4
 
 
 def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):
