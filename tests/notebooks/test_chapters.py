@@ -112,7 +112,8 @@ def test_classic_tuning(tmp_path):
                          DATA_DIR=str(tmp_path), FULL_RESULTS=str(REPO / "results" / "classic"),
                          SPOT_RESULTS=str(REPO / "results" / "classic-spots"),
                          WINDOW_RESULTS=str(REPO / "results" / "classic-spots-windows"),
-                         STACK_RESULTS=str(REPO / "results" / "stacked-classic"))
+                         STACK_RESULTS=str(REPO / "results" / "stacked-classic"),
+                         FAST_RESULTS=str(REPO / "results" / "classic-spots-fast"))
     print(f"chapter 4: 6 trials in {values['search_seconds']} s, best {values['best_label']}")
     assert values["n_trials"] == 6 and sum(values["trials_by_label"].values()) == 6
     assert values["space_size"] == "470,450"
@@ -142,6 +143,17 @@ def test_classic_tuning(tmp_path):
         assert values["stack_full_binary"] == round(100 * committed["binary_accuracy"], 2)
         paired = json.loads((REPO / "results" / "stacked-classic" / "paired.json").read_text())["comparisons"]
         assert values["stack_p_against_forest"] == round(paired[0]["result"]["classes"]["p_value"], 3)
+    fast = REPO / "results" / "classic-spots-fast"
+    if (fast / "test-stacked.json").is_file():  # the cheap backgrounds: accuracy, speed and paired tests glued
+        committed = json.loads((fast / "test-stacked.json").read_text())["metrics"]
+        assert values["fast_stack_accuracy"] == round(100 * committed["accuracy"], 2)
+        bench = {run["name"]: run["figures"] for run in json.loads((fast / "bench.json").read_text())["runs"]}
+        assert values["fast_stack_rate"] == round(bench["fast stack"]["frames_per_s_2proc"])
+        assert values["slow_stack_rate"] == round(bench["three-window stack (baseline)"]["frames_per_s_2proc"])
+        paired = json.loads((fast / "paired.json").read_text())["comparisons"]
+        assert values["fast_stack_fewer"] == paired[0]["result"]["classes"]["only_a"] - \
+            paired[0]["result"]["classes"]["only_b"]
+        assert values["fast_p_against_one_window"] == round(paired[1]["result"]["classes"]["p_value"], 3)
 
 
 #: The committed full-scale DeepFreak runs chapter 5 compares with BOHB's winner.
