@@ -12,7 +12,7 @@ import io
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import colors
+from matplotlib import colors, ticker
 from matplotlib.axes import Axes
 from PIL import Image
 
@@ -853,10 +853,17 @@ def plot_speed_accuracy(points: dict, *, rate_hz: float | None = None, target: f
     if target is not None:
         ax.axhline(target, color="0.3", ls="--", lw=1, label=f"paper's test figure ({target:.2f} %)")
     ax.set_xscale("log")
+    # room for the line of the detector's rate and for the labels right of the fastest pipelines
+    rates = [rate for rate, _ in points.values()] + ([rate_hz] if rate_hz is not None else [])
+    ax.set_xlim(min(rates) / 1.3, max(rates) * 1.8)
+    plain = ticker.FuncFormatter(lambda x, _: f"{x:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(
+        lambda x, _: f"{x:g}" if f"{x:g}"[0] in "2357" else ""))
     ax.set_xlabel("frames per second (two cores)")
     ax.set_ylabel("test accuracy (%)")
     if rate_hz is not None or target is not None:
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc="best")
     return ax
 
 
