@@ -515,9 +515,11 @@ def sorting_rates(figures: dict, workers: int = 2) -> tuple[float, float]:
 
 def speed_table(speed_dir, workers: int = 2) -> list[dict]:
     """Each committed pipeline's test accuracy next to its sorting speed, from a folder of ``bench --json``
-    records (``{"figures": ...}``) and its ``pipelines.json`` (name → ``speed`` file there, ``test`` record
-    under the folder's parent, and ``method`` for a search report; see ``results/speed/``). Pipelines whose
-    records are missing are left out; no ``pipelines.json``, no rows.
+    records (``{"figures": ...}``, or several benches run one after another, ``{"runs": [{"name": ...,
+    "figures": ...}, ...]}``) and its ``pipelines.json`` (name → ``speed`` file there, ``run`` name within it
+    when it holds several, ``test`` record under the folder's parent, and ``method`` for a search report; see
+    ``results/speed/`` and ``results/classic-spots-fast/``). Pipelines whose records are missing are left out;
+    no ``pipelines.json``, no rows.
 
     Returns
     -------
@@ -538,7 +540,15 @@ def speed_table(speed_dir, workers: int = 2) -> list[dict]:
         speed, test = speed_dir / where["speed"], speed_dir.parent / where["test"]
         if not (speed.is_file() and test.exists()):
             continue
-        one_core, processes = sorting_rates(json.loads(speed.read_text())["figures"], workers)
+        record = json.loads(speed.read_text())
+        if "run" in where:
+            runs = {run["name"]: run["figures"] for run in record["runs"]}
+            if where["run"] not in runs:
+                raise ValueError(f"{speed}: no run named {where['run']!r} (runs: {sorted(runs)})")
+            figures = runs[where["run"]]
+        else:
+            figures = record["figures"]
+        one_core, processes = sorting_rates(figures, workers)
         metrics = read_test_record(test, where.get("method", "best"))
         rows.append({"name": name, "accuracy": 100 * metrics["accuracy"],
                      "binary_accuracy": 100 * metrics["binary_accuracy"], "one_core": one_core,

@@ -152,7 +152,15 @@ def _ints(text):
 
 def _windows(text):
     """Spot backgrounds, e.g. "5,9" or "5,5x2": whole numbers are windows in pixels, "5x2" an iterated median."""
-    return tuple(int(x) if x.strip().isdigit() else x.strip() for x in text.split(",") if x.strip())
+    from . import features
+
+    windows = tuple(int(x) if x.strip().isdigit() else x.strip().lower() for x in text.split(",") if x.strip())
+    try:
+        features.spot_windows(windows)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: spot backgrounds are a comma-separated set of "
+                                         f"{', '.join(map(str, features.SPOT_WINDOWS))}") from None
+    return windows
 
 
 def _names(text):
@@ -207,9 +215,9 @@ def _add_classic_commands(sub) -> None:
     p.add_argument("--extractors", type=_names, default=features.PAPER_KINDS,
                    help="extractors to search, e.g. glcm,lbp,sift (the paper's, default) or spots "
                         f"(choose among {','.join(features.KINDS)})")
-    p.add_argument("--windows", type=_windows, default=features.SPOT_WINDOWS,
-                   help="with spots: the backgrounds the search may set side by side (default all: "
-                        f"{','.join(map(str, features.SPOT_WINDOWS))})")
+    p.add_argument("--windows", type=_windows,
+                   help="with spots: the backgrounds the search may set side by side (default: a resumed "
+                        f"search's own, else all of {','.join(map(str, features.SPOT_WINDOWS))})")
     p.add_argument("--report", help="then refit the best pipelines, test them and write metrics and figures here")
     p.add_argument("--models", help="with --report: save the refitted models under this directory")
     p.add_argument("--cache", help="feature cache directory (default: <data>.features)")

@@ -221,6 +221,19 @@ def _header(store, seed, timeout_s, extractors, windows=features.SPOT_WINDOWS) -
             "timeout_s": timeout_s, "diffranb_version": __version__}
 
 
+def _resumed_windows(out) -> tuple:
+    """The spot backgrounds a trials file offered (each choice of one background among its choices), or () when
+    the file does not exist, holds no spot search, or names no choices."""
+    out = Path(out)
+    if not out.exists():
+        return ()
+    record = load_trials(out)
+    if "spots" not in record.get("extractors", ()):
+        return ()
+    choices = record.get("spot_windows", [[w] for w in features.PLAIN_SPOT_WINDOWS])
+    return tuple(c[0] for c in choices if len(c) == 1)
+
+
 def load_trials(path) -> dict:
     """A trials file written by :func:`run`: its header and ``trials`` (one dict per evaluated trial)."""
     record = json.loads(Path(path).read_text())
@@ -256,7 +269,7 @@ def _hyperopt_trials(records: list):
 
 def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeout_s: float = DEFAULT_TIMEOUT_S,
         workers: int = 2, progress: bool = True, stop_after: int | None = None,
-        extractors=features.PAPER_KINDS, windows=features.SPOT_WINDOWS) -> dict:
+        extractors=features.PAPER_KINDS, windows=None) -> dict:
     """Run (or resume) a TPE search of :func:`space` on a data set, persisting every trial to ``out``.
 
     Parameters
@@ -281,8 +294,9 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         Evaluate at most this many new trials now (to interrupt on purpose; the file resumes later).
     extractors : tuple of str
         Extractors of the space (:func:`space`); a resumed search must keep them.
-    windows : tuple
-        Spot backgrounds offered (:func:`spot_window_choices`; default all); a resumed search must keep them.
+    windows : tuple, optional
+        Spot backgrounds offered (:func:`spot_window_choices`). Default: a resumed search's own, else every
+        one of :data:`~diffranb.features.SPOT_WINDOWS`. A resumed search must keep them.
 
     Returns
     -------
@@ -298,6 +312,8 @@ def run(data, out, *, n_trials: int = 150, seed: int = 0, cache_dir=None, timeou
         raise ValueError(f"out = {str(out)!r}: directory {str(out.parent)!r} does not exist")
     store = features.FeatureStore(data, cache_dir, workers=workers, progress=progress)
     extractors = check_extractors(extractors)
+    if windows is None:
+        windows = _resumed_windows(out) or features.SPOT_WINDOWS
     windows = features.spot_windows(windows)
     header = _header(store, seed, timeout_s, extractors, windows)
     if out.exists():

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from diffranb import cli
 
@@ -44,3 +45,9 @@ def test_spot_backgrounds_parse_from_the_command_line():
     args = parser.parse_args(["tune", "hyperopt", "--data", "x.h5", "--out", "t.json", "--extractors", "spots",
                               "--windows", "5,5x2,5x3"])
     assert args.windows == (5, "5x2", "5x3")
+    assert parser.parse_args(["tune", "hyperopt", "--data", "x.h5", "--out", "t.json", "--windows", "5X2"]).windows \
+        == ("5x2",)
+    assert parser.parse_args(["tune", "hyperopt", "--data", "x.h5", "--out", "t.json"]).windows is None
+    for bad in ("abc", "5,4", "5x4", "5,5", ""):
+        with pytest.raises(SystemExit):  # argparse's own error message, before anything is opened
+            parser.parse_args(["tune", "hyperopt", "--data", "x.h5", "--out", "t.json", "--windows", bad])

@@ -257,13 +257,15 @@ def test_median_filter_equals_opencv():
         for window in (3, 5, 7, 9):
             np.testing.assert_array_equal(features.median_filter(image, window), cv2.medianBlur(image, window),
                                           err_msg=f"{image.shape}, window {window}")
-            np.testing.assert_array_equal(features.median_background(image, window), cv2.medianBlur(image, window))
+            if window in features.SPOT_WINDOWS:
+                np.testing.assert_array_equal(features.median_background(image, window),
+                                              cv2.medianBlur(image, window))
         # the iterated backgrounds: OpenCV's 5 × 5 median, taken two and three times over
         once = cv2.medianBlur(image, 5)
         twice = cv2.medianBlur(once, 5)
         np.testing.assert_array_equal(features.median_background(image, "5x2"), twice)
         np.testing.assert_array_equal(features.median_background(image, "5x3"), cv2.medianBlur(twice, 5))
-        for windows in ((5, 9, "5x3"), ("5x3", "5x2", 5), ("5x2", 7)):  # in any order, from passes made before
+        for windows in ((5, 9, "5x3"), ("5x3", "5x2", 5), ("5x2", 7)):  # in any order
             made = features.spot_backgrounds(image, windows)
             assert list(made) == list(windows)
             for w in windows:
@@ -274,6 +276,30 @@ def test_median_filter_equals_opencv():
                           (np.zeros((9, 9), np.uint8), 0), (np.zeros((2, 9, 9), np.uint8), 3)):
         with pytest.raises(ValueError):
             features.median_filter(image, window)
+
+
+def test_spot_backgrounds_make_each_median_pass_once(monkeypatch):
+    import cv2
+
+    calls = []
+    real = cv2.medianBlur
+
+    def counted(image, size):
+        calls.append(size)
+        return real(image, size)
+
+    monkeypatch.setattr(cv2, "medianBlur", counted)
+    image = _ring_frame_with_spots(9)[0]
+    for windows in ((5, "5x2", "5x3"), ("5x3", "5x2", 5), ("5x3", 5), ("5x2",)):
+        calls.clear()
+        features.spot_backgrounds(image, windows)
+        assert calls == [5] * max(features.window_passes(w)[1] for w in windows), windows
+    calls.clear()
+    features.spot_block(image, features.SPOT_WINDOWS)  # 7 and 9 are diffranb's own filter, not OpenCV's
+    assert calls == [5, 5, 5]
+    for bad in ("5x4", "7x0", 3, "abc", True):
+        with pytest.raises(ValueError, match="window"):
+            features.spot_backgrounds(image, (5, bad))
 
 
 def test_five_pixel_medians_taken_again_remove_spots_as_wider_windows_do():

@@ -98,8 +98,17 @@ def test_the_spot_backgrounds_offered_are_a_choice_of_the_search_and_kept_on_res
     for trial in record["trials"]:
         assert classic.ClassicConfig.from_dict(trial["config"]).window in (5, "5x2", (5, "5x2"))
     with pytest.raises(ValueError, match="spot_windows"):  # a resumed search keeps its backgrounds
-        tune.run(tiny_set, out, **(kw | {"n_trials": 4}))
+        tune.run(tiny_set, out, windows=features.SPOT_WINDOWS, **(kw | {"n_trials": 4}))
+    # given none, it resumes with its own
     assert len(tune.run(tiny_set, out, windows=(5, "5x2"), **(kw | {"n_trials": 4}))["trials"]) == 4
+    assert len(tune.run(tiny_set, out, **(kw | {"n_trials": 5}))["trials"]) == 5
+    # a search of the three windows, from before the cheap backgrounds, resumes as it was
+    old = tmp_path / "three.json"
+    record = tune.run(tiny_set, old, windows=(5, 7, 9), **kw)
+    assert record["spot_windows"] == [[5], [7], [9], [5, 7], [5, 9], [7, 9], [5, 7, 9]]
+    assert len(tune.run(tiny_set, old, **(kw | {"n_trials": 4}))["trials"]) == 4
+    # and a new file offers all five
+    assert len(tune.run(tiny_set, tmp_path / "new.json", stop_after=1, **kw)["spot_windows"]) == 31
 
 
 def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):

@@ -214,6 +214,11 @@ def test_plot_speed_accuracy_puts_each_pipeline_at_its_speed_and_accuracy():
     assert ax.get_xscale() == "log"
     vertical = [line for line in ax.lines if line.get_linestyle() == ":"]
     assert len(vertical) == 1 and vertical[0].get_xdata()[0] == 130
+    lo, hi = ax.get_xlim()  # the detector's line and room for the fastest pipeline's label
+    assert lo < 60 and hi > 1.5 * 400
+    assert ax.xaxis.get_major_formatter()(100, 0) == "100"  # plain frame rates, not 10²
+    ax = viz.plot_speed_accuracy(points, rate_hz=20)
+    assert ax.get_xlim()[0] < 20
     with pytest.raises(ValueError, match="no pipeline"):
         viz.plot_speed_accuracy({})
     with pytest.raises(ValueError, match="'broken'"):
