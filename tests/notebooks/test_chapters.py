@@ -147,13 +147,20 @@ def test_classic_tuning(tmp_path):
     if (fast / "test-stacked.json").is_file():  # the cheap backgrounds: accuracy, speed and paired tests glued
         committed = json.loads((fast / "test-stacked.json").read_text())["metrics"]
         assert values["fast_stack_accuracy"] == round(100 * committed["accuracy"], 2)
-        bench = {run["name"]: run["figures"] for run in json.loads((fast / "bench.json").read_text())["runs"]}
-        assert values["fast_stack_rate"] == round(bench["fast stack"]["frames_per_s_2proc"])
-        assert values["slow_stack_rate"] == round(bench["three-window stack (baseline)"]["frames_per_s_2proc"])
-        paired = json.loads((fast / "paired.json").read_text())["comparisons"]
-        assert values["fast_stack_fewer"] == paired[0]["result"]["classes"]["only_a"] - \
-            paired[0]["result"]["classes"]["only_b"]
-        assert values["fast_p_against_one_window"] == round(paired[1]["result"]["classes"]["p_value"], 3)
+        assert values["fast_stack_binary"] == round(100 * committed["binary_accuracy"], 2)
+        forest = json.loads((fast / "metrics.json").read_text())["methods"]["best"]["test"]["accuracy"]
+        assert values["fast_forest_accuracy"] == round(100 * forest, 2)
+        runs = {run["name"]: run["figures"] for run in json.loads((fast / "bench.json").read_text())["runs"]}
+        rate, slow = runs["fast stack"]["frames_per_s_2proc"], runs["three-window stack (baseline)"]["frames_per_s_2proc"]
+        assert (values["fast_stack_rate"], values["slow_stack_rate"]) == (round(rate), round(slow))
+        assert values["fast_stack_rate_1core"] == round(runs["fast stack"]["frames_per_s_1core"])
+        assert values["fast_stack_speedup"] == round(rate / slow, 1)
+        paired = [c["result"]["classes"] for c in json.loads((fast / "paired.json").read_text())["comparisons"]]
+        # the first record of each pair is the three-window stack, then the one-window forest; the second the fast stack
+        assert values["fast_stack_behind"] == paired[0]["only_a"] - paired[0]["only_b"]
+        assert values["fast_p_against_slow_stack"] == round(paired[0]["p_value"], 3)
+        assert values["fast_stack_ahead_of_one_window"] == paired[1]["only_b"] - paired[1]["only_a"]
+        assert values["fast_p_against_one_window"] == round(paired[1]["p_value"], 3)
 
 
 #: The committed full-scale DeepFreak runs chapter 5 compares with BOHB's winner.
