@@ -395,7 +395,7 @@ def _evaluate(args) -> int:
             result = evaluate.paired(*args.paired, ds)
         if args.split and args.split != result["split"]:
             raise ValueError(f"--split {args.split}: the records tested the {result['split']} split")
-        print(json.dumps(result, indent=2) if args.json else evaluate.format_paired(result, *args.paired))
+        print(json.dumps(result, indent=2) if args.json else evaluate.format_paired(result))
         return 0
     if args.record and Path(args.record).exists():
         raise ValueError(f"--record {args.record!r} exists: refusing to overwrite it")

@@ -235,7 +235,7 @@ def paired(record_a, record_b, ds) -> dict:
     Returns
     -------
     dict
-        ``split``, ``n``; for the set's classes (``"classes"``) and for diffraction or not (``"binary"``): each
+        ``a`` and ``b``, the two records' paths as given; ``split``, ``n``; for the set's classes (``"classes"``) and for diffraction or not (``"binary"``): each
         record's accuracy, the frames only A or only B got right, and the two-sided p-value of McNemar's exact
         test (a binomial test of those two counts: the chance of a split at least this uneven if both models
         were equally good on such frames).
@@ -271,7 +271,7 @@ def paired(record_a, record_b, ds) -> dict:
     if not len(pa) == len(pb) == len(truth):
         raise ValueError(f"{len(pa)} and {len(pb)} predictions for the {len(truth)} frames of the {a['split']} split")
     empty = np.array([c in NO_DIFFRACTION for c in ds.classes])
-    out = {"split": a["split"], "n": int(len(truth))}
+    out = {"a": str(record_a), "b": str(record_b), "split": a["split"], "n": int(len(truth))}
     for name, (t, x, y) in {"classes": (truth, pa, pb), "binary": (empty[truth], empty[pa], empty[pb])}.items():
         right_a, right_b = x == t, y == t
         only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(right_b & ~right_a))
@@ -364,8 +364,11 @@ def format_report(results: dict) -> str:
     return "\n".join(lines)
 
 
-def format_paired(result: dict, name_a: str = "A", name_b: str = "B") -> str:
-    """Plain-text lines of :func:`paired`: each accuracy, the frames only one model got right, the p-value."""
+def format_paired(result: dict, name_a: str | None = None, name_b: str | None = None) -> str:
+    """Plain-text lines of :func:`paired`: each accuracy, the frames only one model got right, the p-value. The
+    two models are named ``name_a`` and ``name_b``, by default the records' paths the result carries."""
+    name_a = result.get("a", "A") if name_a is None else name_a
+    name_b = result.get("b", "B") if name_b is None else name_b
     lines = [f"A: {name_a}", f"B: {name_b}", f"{result['n']} frames of the {result['split']} split"]
     for name, label in (("classes", "all classes"), ("binary", "diffraction or not")):
         r = result[name]

@@ -619,6 +619,7 @@ def test_two_records_are_compared_frame_by_frame(tiny, tmp_path, capsys):
                 for m in ("count", "scale"))
         only_a, only_b = int(np.sum((a == truth) & (b != truth))), int(np.sum((b == truth) & (a != truth)))
         assert result["n"] == len(truth) and result["split"] == "test"
+        assert (result["a"], result["b"]) == (str(records["count"]), str(records["scale"]))  # which is which
         assert (result["classes"]["only_a"], result["classes"]["only_b"]) == (only_a, only_b)
         assert result["classes"]["accuracy_a"] == np.mean(a == truth)
         expected = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
@@ -647,6 +648,8 @@ def test_two_records_are_compared_frame_by_frame(tiny, tmp_path, capsys):
     assert cli.main(args) == 0
     text = capsys.readouterr().out
     assert f"right only in A {only_a}, only in B {only_b}" in text
+    assert f"A: {records['count']}" in text and f"B: {records['scale']}" in text
+    assert evaluate.format_paired(result, "count", "scale").startswith("A: count\nB: scale\n")
     assert cli.main(args + ["--split", "test"]) == 0
     assert cli.main(args + ["--split", "val"]) == 2 and "tested the test split" in capsys.readouterr().err
     assert cli.main(args + ["--record", str(tmp_path / "r.json")]) == 2
