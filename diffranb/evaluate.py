@@ -235,10 +235,10 @@ def paired(record_a, record_b, ds) -> dict:
     Returns
     -------
     dict
-        ``a`` and ``b``, the two records' paths as given; ``split``, ``n``; for the set's classes (``"classes"``) and for diffraction or not (``"binary"``): each
-        record's accuracy, the frames only A or only B got right, and the two-sided p-value of McNemar's exact
-        test (a binomial test of those two counts: the chance of a split at least this uneven if both models
-        were equally good on such frames).
+        ``a`` and ``b``, the two records' paths as given; ``split``, ``n``; for the set's classes
+        (``"classes"``) and for diffraction or not (``"binary"``): each record's accuracy, the frames only A or
+        only B got right, and the two-sided p-value of McNemar's exact test (a binomial test of those two
+        counts: the chance of a split at least this uneven if both models were equally good on such frames).
 
     References
     ----------

@@ -151,7 +151,8 @@ def test_classic_tuning(tmp_path):
         forest = json.loads((fast / "metrics.json").read_text())["methods"]["best"]["test"]["accuracy"]
         assert values["fast_forest_accuracy"] == round(100 * forest, 2)
         runs = {run["name"]: run["figures"] for run in json.loads((fast / "bench.json").read_text())["runs"]}
-        rate, slow = runs["fast stack"]["frames_per_s_2proc"], runs["three-window stack (baseline)"]["frames_per_s_2proc"]
+        rate = runs["fast stack"]["frames_per_s_2proc"]
+        slow = runs["three-window stack (baseline)"]["frames_per_s_2proc"]
         assert (values["fast_stack_rate"], values["slow_stack_rate"]) == (round(rate), round(slow))
         assert values["fast_stack_rate_1core"] == round(runs["fast stack"]["frames_per_s_1core"])
         assert values["fast_stack_speedup"] == round(rate / slow, 1)
