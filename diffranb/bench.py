@@ -518,14 +518,27 @@ def speed_table(speed_dir, workers: int = 2) -> list[dict]:
     records (``{"figures": ...}``, or several benches run one after another, ``{"runs": [{"name": ...,
     "figures": ...}, ...]}``) and its ``pipelines.json`` (name → ``speed`` file there, ``run`` name within it
     when it holds several, ``test`` record under the folder's parent, and ``method`` for a search report; see
-    ``results/speed/`` and ``results/classic-spots-fast/``). Pipelines whose records are missing are left out;
+    ``results/speed/`` and ``results/classic-spots-fast/``). Pipelines whose files are missing are left out;
     no ``pipelines.json``, no rows.
+
+    Parameters
+    ----------
+    speed_dir : str or os.PathLike
+        The folder of bench records and ``pipelines.json``.
+    workers : int
+        The processes of the multi-process figure to read (``frames_per_s_<workers>proc``).
 
     Returns
     -------
     list of dict
         ``name``, ``accuracy`` and ``binary_accuracy`` (per cent), ``one_core`` and ``processes`` (frames/s
         from one core and from ``workers`` processes), in the index's order.
+
+    Raises
+    ------
+    ValueError
+        When an entry names a run its file does not hold, names a run of a file of one bench, or names none of
+        a file of several.
     """
     from pathlib import Path
 
@@ -541,10 +554,15 @@ def speed_table(speed_dir, workers: int = 2) -> list[dict]:
         if not (speed.is_file() and test.exists()):
             continue
         record = json.loads(speed.read_text())
+        if ("run" in where) != ("runs" in record):
+            raise ValueError(f"{index}: {name!r} " + (f"names run {where['run']!r} of {speed}, which holds one bench"
+                                                     if "run" in where else
+                                                     f"must name one of the runs {speed} holds ('run')"))
         if "run" in where:
             runs = {run["name"]: run["figures"] for run in record["runs"]}
             if where["run"] not in runs:
-                raise ValueError(f"{speed}: no run named {where['run']!r} (runs: {sorted(runs)})")
+                raise ValueError(f"{index}: {name!r} names run {where['run']!r}, not in {speed} "
+                                 f"(runs: {sorted(runs)})")
             figures = runs[where["run"]]
         else:
             figures = record["figures"]

@@ -365,8 +365,15 @@ def format_report(results: dict) -> str:
 
 
 def format_paired(result: dict, name_a: str | None = None, name_b: str | None = None) -> str:
-    """Plain-text lines of :func:`paired`: each accuracy, the frames only one model got right, the p-value. The
-    two models are named ``name_a`` and ``name_b``, by default the records' paths the result carries."""
+    """Plain-text lines of :func:`paired`: each accuracy, the frames only one model got right, the p-value.
+
+    Parameters
+    ----------
+    result : dict
+        What :func:`paired` returns.
+    name_a, name_b : str, optional
+        Names of the two models; by default the records' paths the result carries (``a``, ``b``).
+    """
     name_a = result.get("a", "A") if name_a is None else name_a
     name_b = result.get("b", "B") if name_b is None else name_b
     lines = [f"A: {name_a}", f"B: {name_b}", f"{result['n']} frames of the {result['split']} split"]

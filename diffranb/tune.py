@@ -227,11 +227,14 @@ def _resumed_windows(out) -> tuple:
     out = Path(out)
     if not out.exists():
         return ()
-    record = load_trials(out)
-    if "spots" not in record.get("extractors", ()):
-        return ()
-    choices = record.get("spot_windows", [[w] for w in features.PLAIN_SPOT_WINDOWS])
-    return tuple(c[0] for c in choices if len(c) == 1)
+    try:
+        record = load_trials(out)
+        if "spots" not in record.get("extractors", ()):
+            return ()
+        choices = record.get("spot_windows", [[w] for w in features.PLAIN_SPOT_WINDOWS])
+        return features.spot_windows([c[0] for c in choices if len(c) == 1])
+    except (json.JSONDecodeError, AttributeError, TypeError, IndexError, ValueError) as exc:
+        raise ValueError(f"{str(out)!r} is not a diffranb trials file whose search can be resumed ({exc})") from None
 
 
 def load_trials(path) -> dict:

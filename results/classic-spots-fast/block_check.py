@@ -6,7 +6,9 @@ JSON record.
 
     python results/classic-spots-fast/block_check.py data/diffranet.h5 results/classic-spots-fast/block_check.json
 """
+import datetime
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -29,13 +31,15 @@ def main(data, out):
             compiled += np.array_equal(features.spot_block(image, features.SPOT_WINDOWS, mask), block[i])
             reference += np.array_equal(np.concatenate([features._spot_features_reference(image, w, mask)
                                                         for w in features.SPOT_WINDOWS]), block[i])
-    record = {"command": " ".join(["python", *sys.argv]), "dataset_sha256": store.content_sha256,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {"command": " ".join(["python", *sys.argv]), "commit": commit, "date": datetime.date.today().isoformat(),
+              "dataset_sha256": store.content_sha256,
               "windows": list(features.SPOT_WINDOWS), "block_shape": list(block.shape), "frames_checked": FRAMES,
               "equal_to_spot_block": int(compiled), "equal_to_reference": int(reference)}
     old = store.dir.parent / OLD_BLOCK
+    record["old_three_window_block"] = OLD_BLOCK if old.is_file() else "absent"
     if old.is_file():
         before = np.load(old)["features"]
-        record["old_three_window_block"] = OLD_BLOCK
         record["old_block_equals_first_75_columns"] = bool(np.array_equal(before, block[:, :before.shape[1]]))
     print(record)
     with open(out, "w") as f:

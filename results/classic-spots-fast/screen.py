@@ -4,7 +4,9 @@ of spot backgrounds side by side. Reads the cached spot block; writes screen.jso
 
     python results/classic-spots-fast/screen.py data/diffranet.h5 results/classic-spots-fast/screen.json
 """
+import datetime
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -36,7 +38,9 @@ def main(data, out):
                      "forest_val_accuracy_mean": float(np.mean(forests)),
                      "svm_val_accuracy": float((pipe.predict(x[val]) == labels[val]).mean())})
         print(rows[-1], flush=True)
-    record = {"command": " ".join(["python", *sys.argv]), "dataset_sha256": store.content_sha256,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {"command": " ".join(["python", *sys.argv]), "commit": commit, "date": datetime.date.today().isoformat(),
+              "dataset_sha256": store.content_sha256,
               "forest": "100 trees, max_features 0.25, max_depth 20, class weights empty-0.35, seeds 0-3",
               "svm": "C = 2^15, gamma = 2^-11, class weights empty-0.35", "split": "val", "sets": rows}
     with open(out, "w") as f:

@@ -156,12 +156,17 @@ def test_classic_tuning(tmp_path):
         assert (values["fast_stack_rate"], values["slow_stack_rate"]) == (round(rate), round(slow))
         assert values["fast_stack_rate_1core"] == round(runs["fast stack"]["frames_per_s_1core"])
         assert values["fast_stack_speedup"] == round(rate / slow, 1)
-        paired = [c["result"]["classes"] for c in json.loads((fast / "paired.json").read_text())["comparisons"]]
-        # the first record of each pair is the three-window stack, then the one-window forest; the second the fast stack
-        assert values["fast_stack_behind"] == paired[0]["only_a"] - paired[0]["only_b"]
-        assert values["fast_p_against_slow_stack"] == round(paired[0]["p_value"], 3)
-        assert values["fast_stack_ahead_of_one_window"] == paired[1]["only_b"] - paired[1]["only_a"]
-        assert values["fast_p_against_one_window"] == round(paired[1]["p_value"], 3)
+        paired = {(c["result"]["a"], c["result"]["b"]): c["result"]["classes"]
+                  for c in json.loads((fast / "paired.json").read_text())["comparisons"]}
+        slow_fast = paired[("results/stacked-classic/test.json", "results/classic-spots-fast/test-stacked.json")]
+        one_fast = paired[("results/classic-spots-windows/test-rf-spots-one-window.json",
+                           "results/classic-spots-fast/test-stacked.json")]
+        assert values["fast_stack_behind"] == slow_fast["only_a"] - slow_fast["only_b"]
+        assert values["fast_p_against_slow_stack"] == round(slow_fast["p_value"], 3)
+        assert values["fast_stack_ahead_of_one_window"] == one_fast["only_b"] - one_fast["only_a"]
+        assert values["fast_p_against_one_window"] == round(one_fast["p_value"], 3)
+        screen = json.loads((fast / "screen.json").read_text())["sets"]
+        assert values["screen_fast"] == round(100 * screen[2]["forest_val_accuracy_mean"], 2)
 
 
 #: The committed full-scale DeepFreak runs chapter 5 compares with BOHB's winner.

@@ -158,6 +158,35 @@ def test_sorting_rates_read_every_bench_s_figures():
         bench.sorting_rates({"frames_per_s_1core": 1.0})
 
 
+def test_speed_table_reads_one_run_of_a_file_of_several(tmp_path):
+    from diffranb import bench
+
+    speed = tmp_path / "speed"
+    speed.mkdir()
+    (tmp_path / "run.json").write_text(json.dumps(
+        {"metrics": {"split": "test", "accuracy": 0.97, "binary_accuracy": 0.998}}))
+    runs = {"runs": [{"name": "fast", "figures": {"frames_per_s_1core": 130.0, "frames_per_s_2proc": 260.0}},
+                     {"name": "slow", "figures": {"frames_per_s_1core": 70.0, "frames_per_s_2proc": 135.0}}]}
+    (speed / "bench.json").write_text(json.dumps(runs))
+    (speed / "one.json").write_text(json.dumps({"figures": runs["runs"][0]["figures"]}))
+
+    def table(**pipelines):
+        (speed / "pipelines.json").write_text(json.dumps({"pipelines": pipelines}))
+        return bench.speed_table(speed)
+
+    rows = table(slow={"speed": "bench.json", "run": "slow", "test": "run.json"},
+                 fast={"speed": "bench.json", "run": "fast", "test": "run.json"})
+    assert [(r["name"], r["one_core"], r["processes"]) for r in rows] == [("slow", 70.0, 135.0),
+                                                                          ("fast", 130.0, 260.0)]
+    assert rows[0]["accuracy"] == pytest.approx(97.0)
+    with pytest.raises(ValueError, match="'gone', not in"):
+        table(x={"speed": "bench.json", "run": "gone", "test": "run.json"})
+    with pytest.raises(ValueError, match="must name one of the runs"):
+        table(x={"speed": "bench.json", "test": "run.json"})
+    with pytest.raises(ValueError, match="holds one bench"):
+        table(x={"speed": "one.json", "run": "fast", "test": "run.json"})
+
+
 def test_speed_table_pairs_each_pipeline_s_speed_with_its_test(tmp_path):
     from diffranb import bench
 

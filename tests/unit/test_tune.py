@@ -109,6 +109,11 @@ def test_the_spot_backgrounds_offered_are_a_choice_of_the_search_and_kept_on_res
     assert len(tune.run(tiny_set, old, **(kw | {"n_trials": 4}))["trials"]) == 4
     # and a new file offers all five
     assert len(tune.run(tiny_set, tmp_path / "new.json", stop_after=1, **kw)["spot_windows"]) == 31
+    for text in ("", "[]", json.dumps({"format": json.loads(old.read_text())["format"], "extractors": ["spots"],
+                                       "spot_windows": [[3]]})):
+        (tmp_path / "odd.json").write_text(text)
+        with pytest.raises(ValueError, match="odd.json' is not a diffranb trials file"):
+            tune.run(tiny_set, tmp_path / "odd.json", **kw)
 
 
 def test_a_trial_over_its_time_limit_is_killed_and_recorded(tiny_set, tmp_path):
