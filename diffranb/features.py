@@ -1333,9 +1333,22 @@ def extract(kind: str, images, **params) -> np.ndarray:
     if kind == "spots":
         windows, mask = spot_windows(params.pop("window", SPOT_WINDOWS[0])), params.pop("mask", None)
         _no_more(kind, params)
-        return np.stack([spot_block(im, windows, mask) for im in images]) \
+        return np.stack(_map_frames(lambda im: spot_block(im, windows, mask), images)) \
             if len(images) else np.zeros((0, len(windows) * len(spot_names())))
     raise ValueError(f"kind = {kind!r}: must be one of {KINDS}")
+
+
+def _map_frames(function, images) -> list:
+    """``function`` of every frame, in order, on as many threads as numba may use (``numba.get_num_threads``):
+    the compiled spot statistics and OpenCV's medians release the GIL, so one process sorts on every core it is
+    given, and on one core where it is held to one thread (:func:`diffranb.threads.limited`)."""
+    threads = min(numba.get_num_threads(), len(images))
+    if threads <= 1:
+        return [function(image) for image in images]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(function, images))
 
 
 def feature_names(kind: str, **params) -> list:

@@ -278,6 +278,26 @@ def test_median_filter_equals_opencv():
             features.median_filter(image, window)
 
 
+def test_spot_statistics_of_a_batch_are_the_same_on_one_thread_and_on_several():
+    import numba
+
+    from diffranb.threads import limited
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba may use one thread here")
+
+    rng = np.random.default_rng(5)
+    images = np.stack([_ring_frame_with_spots(k)[0] for k in range(6)])
+    mask = rng.random(images.shape[1:]) < 0.05
+    with limited(1):
+        one = features.extract("spots", images, window=(5, "5x2", 9), mask=mask)
+    with limited(2):
+        assert numba.get_num_threads() == 2
+        two = features.extract("spots", images, window=(5, "5x2", 9), mask=mask)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one[3], features.spot_block(images[3], (5, "5x2", 9), mask))
+
+
 def test_spot_backgrounds_make_each_median_pass_once(monkeypatch):
     import cv2
 
