@@ -281,6 +281,14 @@ def paired(record_a, record_b, ds) -> dict:
     return out
 
 
+def load_paired(path) -> dict:
+    """The comparisons of a committed ``paired.json`` (``{"comparisons": [{"command": ..., "result": ...}]}``,
+    each result of :func:`paired`), keyed by their two records as given: ``{(a, b): result}``, in the file's
+    order."""
+    comparisons = json.loads(Path(path).read_text())["comparisons"]
+    return {(c["result"]["a"], c["result"]["b"]): c["result"] for c in comparisons}
+
+
 def read_test_record(path, method: str = "best") -> dict:
     """The test-split metrics (:func:`metrics`) of a committed record, whichever command wrote it.
 

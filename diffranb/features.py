@@ -1402,7 +1402,7 @@ def _block_features(images, block: str, mask=None):
     if block == "sift":
         return [sift_descriptors(im) for im in images]
     if block == "spots":
-        return np.stack([spot_block(im, SPOT_WINDOWS, mask) for im in images])
+        return extract("spots", images, window=SPOT_WINDOWS, mask=mask)
     raise ValueError(block)
 
 

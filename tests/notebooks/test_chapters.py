@@ -156,11 +156,11 @@ def test_classic_tuning(tmp_path):
         assert (values["fast_stack_rate"], values["slow_stack_rate"]) == (round(rate), round(slow))
         assert values["fast_stack_rate_1core"] == round(runs["fast stack"]["frames_per_s_1core"])
         assert values["fast_stack_speedup"] == round(rate / slow, 1)
-        paired = {(c["result"]["a"], c["result"]["b"]): c["result"]["classes"]
-                  for c in json.loads((fast / "paired.json").read_text())["comparisons"]}
-        slow_fast = paired[("results/stacked-classic/test.json", "results/classic-spots-fast/test-stacked.json")]
+        paired = evaluate.load_paired(fast / "paired.json")
+        slow_fast = paired[("results/stacked-classic/test.json",
+                            "results/classic-spots-fast/test-stacked.json")]["classes"]
         one_fast = paired[("results/classic-spots-windows/test-rf-spots-one-window.json",
-                           "results/classic-spots-fast/test-stacked.json")]
+                           "results/classic-spots-fast/test-stacked.json")]["classes"]
         assert values["fast_stack_behind"] == slow_fast["only_a"] - slow_fast["only_b"]
         assert values["fast_p_against_slow_stack"] == round(slow_fast["p_value"], 3)
         assert values["fast_stack_ahead_of_one_window"] == one_fast["only_b"] - one_fast["only_a"]

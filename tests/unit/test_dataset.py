@@ -620,6 +620,8 @@ def test_two_records_are_compared_frame_by_frame(tiny, tmp_path, capsys):
         only_a, only_b = int(np.sum((a == truth) & (b != truth))), int(np.sum((b == truth) & (a != truth)))
         assert result["n"] == len(truth) and result["split"] == "test"
         assert (result["a"], result["b"]) == (str(records["count"]), str(records["scale"]))  # which is which
+        (tmp_path / "paired.json").write_text(json.dumps({"comparisons": [{"command": "c", "result": result}]}))
+        assert evaluate.load_paired(tmp_path / "paired.json") == {(result["a"], result["b"]): result}
         assert (result["classes"]["only_a"], result["classes"]["only_b"]) == (only_a, only_b)
         assert result["classes"]["accuracy_a"] == np.mean(a == truth)
         expected = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
